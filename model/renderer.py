@@ -187,20 +187,23 @@ class Renderer(nn.Module):
     @torch.no_grad()
     def render(self, context: Context, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
-               batch: int | None = None, trace: list | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               batch: int | None = None, trace: list | None = None,
+               use_cache: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Draw one patch. Returns tokens [B, T] and the states to store ([rows, T, D] per layer).
 
         With sampling.cfg_scale != 1 the rows are [cond; uncond] (2B), the context and captions
         must have 2B rows, and the same tokens are fed to both halves. `batch` gives B when
         neither the context nor the captions say it. `trace`, when a list, receives per-step
         details (AR: the guided logits of each token; P-NAR: the masked count after each step).
+        `use_cache=False` makes AR re-run the context and the whole prefix for every token (the
+        taming-style sliding window; for checking and benchmarking the cache only).
         """
         s = sampling or SamplingConfig()
         rows = self._rows(context, text_ids, batch, s.cfg_scale)
         device = self.tok_emb.weight.device
         text = self.encode_text(text_ids, text_mask, rows, device)
         if self.cfg.renderer == "ar":
-            tokens, states = self._render_ar(context, text, s, generator, rows, trace)
+            tokens, states = self._render_ar(context, text, s, generator, rows, trace, use_cache)
         elif self.cfg.renderer == "nar":
             x = (self.query + self.positions()).expand(rows, -1, -1)
             h, _ = self._run(x, context, text, causal=False)
@@ -231,14 +234,21 @@ class Renderer(nn.Module):
             raise ValueError(f"classifier-free guidance needs [cond; uncond] rows, got an odd count {rows}")
         return rows
 
-    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace):
+    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True):
         t_len = self.cfg.tokens_per_patch
         cache = [dict() for _ in self.blocks]
         pos = self.positions()
         x = self._bos(rows)
         tokens, per_layer = [], [[] for _ in self.blocks]
         for t in range(t_len + 1):
-            h, inputs = self._run(x, ctx, text, causal=True, cache=cache)
+            if use_cache:
+                h, inputs = self._run(x, ctx, text, causal=True, cache=cache)
+            else:  # the whole prefix again; keep only the newest position
+                prefix = [self._bos(rows)]
+                if tokens:
+                    prefix.append(self.tok_emb(self._both(torch.stack(tokens, 1), s.cfg_scale)) + pos[:t])
+                h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True)
+                h, inputs = h[:, -1:], [z[:, -1:] for z in inputs]
             if t > 0:  # inputs at real token t-1: the states to store
                 for l, z in enumerate(inputs):
                     per_layer[l].append(z)

@@ -178,3 +178,15 @@ def test_preset_sizes_match_the_paper():
         assert sum(s["parts"].values()) == s["total"]
     cfg = preset("base")
     assert (cfg.n_layer, cfg.d_model) == (16, 768) and preset("large").n_layer == 24
+
+
+@pytest.mark.parametrize("rpe", ["pre", "post"])
+def test_ar_sampling_with_and_without_cache_draws_the_same_codes(rpe):
+    m = make("ar", rpe)
+    ids, mask = text()
+    codes = torch.randint(0, 256, (2, 1, 8, 8))
+    _, ctx = fill_pool(m, codes, "right-down-forward", (1, 1, 0), ids, mask)
+    a, sa = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5))
+    b, sb = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), use_cache=False)
+    assert torch.equal(a, b)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(sa, sb))
