@@ -1,0 +1,76 @@
+"""The deterministic train/test split: sizes from counts or fractions, stable under reordering."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+
+from pipeline import split
+from pipeline.config import ConfigError, from_dict
+from pipeline.manifest import IMAGE_COLUMNS, read_rows, stable_id, write_rows
+
+
+def ids(n: int) -> list[str]:
+    return [stable_id("img", f"lhq_1024_jpg/{i:07d}.jpg") for i in range(n)]
+
+
+def test_lhqc_default_is_exactly_85k_train_5k_test_and_order_free():
+    all_ids = ids(90_000)
+    labels = split.assign(all_ids, split.SplitConfig())
+    assert labels.count("train") == 85_000 and labels.count("test") == 5_000
+    shuffled = all_ids[:]
+    random.Random(0).shuffle(shuffled)
+    again = dict(zip(shuffled, split.assign(shuffled, split.SplitConfig())))
+    assert again == dict(zip(all_ids, labels))  # an item's side depends on its id alone
+
+
+def test_fractions_and_explicit_counts():
+    some = ids(1000)
+    labels = split.assign(some, split.SplitConfig(test_fraction=0.1))
+    assert (labels.count("train"), labels.count("test")) == (900, 100)
+    labels = split.assign(some, split.SplitConfig(test_fraction=0.1, train_fraction=0.5))
+    assert (labels.count("train"), labels.count("test"), labels.count("unused")) == (500, 100, 400)
+    assert split.split_sizes(7, split.SplitConfig(test_fraction=0.5)) == (3, 4)  # 3.5 rounds half up
+    labels = split.assign(ids(20), split.SplitConfig(test_count=5, train_count=10))
+    assert (labels.count("train"), labels.count("test"), labels.count("unused")) == (10, 5, 5)
+    # the test set is the head of the hash ranking: a bigger test set contains the smaller one
+    small = {i for i, s in zip(some, split.assign(some, split.SplitConfig(test_count=50))) if s == "test"}
+    big = {i for i, s in zip(some, split.assign(some, split.SplitConfig(test_count=80))) if s == "test"}
+    assert small < big
+    other_salt = split.assign(some, split.SplitConfig(test_count=50, salt="other"))
+    assert {i for i, s in zip(some, other_salt) if s == "test"} != small
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(split.SplitError, match="leaves no training images out of 40"):
+        split.assign(ids(40), split.SplitConfig())
+    with pytest.raises(split.SplitError, match="do not fit in 20"):
+        split.assign(ids(20), split.SplitConfig(test_count=5, train_count=16))
+    with pytest.raises(split.SplitError, match="not unique"):
+        split.assign(ids(3) * 2, split.SplitConfig(test_count=1))
+    with pytest.raises(ConfigError, match="counts or as fractions"):
+        from_dict(split.SplitConfig, {"test_count": 5, "train_fraction": 0.5})
+    with pytest.raises(ConfigError, match=r"test_fraction must be in \[0, 1\]"):
+        from_dict(split.SplitConfig, {"test_fraction": 1.5})
+
+
+def test_split_cli_writes_the_manifest_atomically_and_repeatably(tmp_path):
+    rows = [{"id": i, "path": f"/x/{k}.jpg", "source": "folder:/x", "width": 64, "height": 64,
+             "crop": [0, 0, 64, 64], "size": 64, "caption": "c", "split": ""} for k, i in enumerate(ids(30))]
+    manifest = tmp_path / "run/data/images/manifest.parquet"
+    write_rows(manifest, rows, IMAGE_COLUMNS)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "caption": {"split": {"test_count": 6}}}))
+    assert split.main(["--config", str(cfg)]) == 0
+    out = read_rows(manifest, IMAGE_COLUMNS)
+    assert [r["id"] for r in out] == [r["id"] for r in rows]  # order kept
+    assert sum(r["split"] == "test" for r in out) == 6 and sum(r["split"] == "train" for r in out) == 24
+    first = manifest.read_bytes()
+    assert split.main(["--config", str(cfg)]) == 0
+    assert manifest.read_bytes() == first
+    assert not [p for p in manifest.parent.iterdir() if p.name.endswith(".tmp")]
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "caption": {"split": {"test_count": 60}}}))
+    assert split.main(["--config", str(cfg)]) == 1
+    assert manifest.read_bytes() == first  # a failed split leaves the manifest as it was
