@@ -1,0 +1,214 @@
+"""Sampler benchmark: AR cache vs sliding window, NAR / P-NAR speed, memory vs width, image times.
+
+    python -m pipeline.bench sample                       # CPU: tiny model, small patches
+    python -m pipeline.bench sample --device cuda         # GPU: base model, paper patches, image times
+
+Random weights throughout (speed and memory do not depend on them).
+- ar_cache: tokens/s of AR sampling with the key/value cache against the taming-style sliding
+  window that re-runs the whole window (context and prefix) for every token
+  (`renderer.render(..., use_cache=False)`), on the same model and the same patch: an interior
+  patch of a Down-Right grid whose pool was primed teacher-forced, so the context is the full
+  nearby window. Reported per batch size, with the ratio.
+- nar / pnar: patches/s of generate() on a small grid (the same shapes).
+- memory_vs_width: Down-Right sampling (NAR, whose pool holds exactly what AR's holds) with the
+  streaming VQGAN decode to disk at 2x .. 16x the training width; the sampler's own peak of held
+  bytes and, on CUDA, the peak CUDA memory above the models' weights.
+- images (CUDA): seconds for 1024 x 1024 and 1024 x 4096 images with the base AR model and the
+  f16 VQGAN: generation, decoding and the PNG, end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from model.config import SamplingConfig, preset
+from model.directions import Direction, Grid
+from model.patches import get_patch
+from model.pool import ContextPool
+from model.renderer import Renderer
+from model.vqgan import VQGAN
+from model.vqgan import preset as vq_preset
+from pipeline.sampling import CodeCollector, MemoryLedger, generate, slab_axis
+from pipeline.vq_decode_stream import Canvases, ImageStreamDecoder, write_png
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(args, kind: str, device: torch.device) -> Renderer:
+    overrides = {"renderer": kind, "tie_embeddings": kind == "nar", "text_vocab_size": 0}
+    if args.patch:
+        overrides["patch"] = (args.patch[0], args.patch[1], 1)
+    torch.manual_seed(0)
+    return Renderer(preset(args.preset, **overrides)).to(device).eval()
+
+
+def primed_context(model: Renderer, rows: int, batch: int, device: torch.device):
+    """The pool context of an interior patch of a Down-Right grid, primed teacher-forced."""
+    hp, wp, _ = model.cfg.patch
+    eh, ew, _ = model.cfg.expand
+    grid = Grid(rows, ew + 2)
+    target = (min(rows - 1, eh), ew, 0)
+    d = Direction.parse("down-right")
+    pool = ContextPool(grid, d, model.cfg.expand)
+    codes = torch.randint(0, model.cfg.vocab_size, (batch, 1, rows * hp, grid.W * wp), device=device)
+    for n in range(len(grid)):
+        coord = d.coords(n, grid)
+        if coord == target:
+            return pool.context(coord, device)
+        pool.add(coord, model.states_for(get_patch(codes, coord, model.cfg.patch), pool.context(coord, device)))
+        pool.remove(coord)
+    raise AssertionError("target patch not in grid")
+
+
+def bench_ar_cache(args, device) -> list[dict]:
+    model = build(args, "ar", device)
+    out = []
+    for batch in args.batches:
+        ctx = primed_context(model, args.rows, batch, device)
+        row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
+        for use_cache in (True, False):
+            g = torch.Generator(device=device).manual_seed(0)
+            model.render(ctx, batch=batch, generator=g, use_cache=use_cache)  # warm-up
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                model.render(ctx, batch=batch, generator=g, use_cache=use_cache)
+            _sync(device)
+            seconds = (time.perf_counter() - start) / args.repeats
+            row["cache" if use_cache else "sliding_window"] = {
+                "seconds_per_patch": round(seconds, 4),
+                "tokens_per_s": round(batch * model.cfg.tokens_per_patch / seconds, 1)}
+        row["speedup"] = round(row["cache"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
+        out.append(row)
+    return out
+
+
+def bench_parallel(args, device) -> dict:
+    out = {}
+    grid = Grid(args.rows, 3)
+    for kind in ("nar", "pnar"):
+        model = build(args, kind, device)
+        sampling = SamplingConfig(pnar_steps=args.pnar_steps)
+        generate(model, Grid(1, 1), "down-right", CodeCollector(), sampling=sampling)  # warm-up
+        stats = generate(model, grid, "down-right", CodeCollector(), sampling=sampling,
+                         generator=torch.Generator(device=device).manual_seed(0))
+        out[kind] = {"patches": len(grid), "seconds": round(stats.seconds, 3),
+                     "patches_per_s": round(len(grid) / stats.seconds, 2),
+                     **({"steps": args.pnar_steps} if kind == "pnar" else {})}
+    return out
+
+
+def stream_image(model, vq, grid: Grid, direction: str, folder: Path, device, ledger: MemoryLedger,
+                 sampling=None, png: bool = False) -> dict:
+    hp, wp, _ = model.cfg.patch
+    d = Direction.parse(direction)
+    axis = slab_axis(d, grid)
+    code_hw = (grid.H * hp, grid.W * wp)
+    f = vq.downsample
+    start = time.perf_counter()
+    with Canvases(folder, [(code_hw[0] * f, code_hw[1] * f, 3)]) as canvases:
+        dec = ImageStreamDecoder(vq, code_hw, canvases.arrays, axis, model.cfg.patch[axis], model.cfg.patch[axis],
+                                 ledger)
+        stats = generate(model, grid, d, dec, sampling=sampling, ledger=ledger,
+                         generator=torch.Generator(device=device).manual_seed(0))
+        dec.finish()
+        _sync(device)
+        generated = time.perf_counter()
+        if png:
+            write_png(folder / "bench.png", canvases.arrays[0])
+    return {"generate_and_decode_s": round(generated - start, 3), "total_s": round(time.perf_counter() - start, 3),
+            "pixels": [code_hw[0] * f, code_hw[1] * f], "stats": stats}
+
+
+def bench_memory(args, device, vq) -> list[dict]:
+    model = build(args, "nar", device)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mult in args.widths:
+            grid = Grid(args.rows, args.train_width * mult)
+            ledger = MemoryLedger()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            r = stream_image(model, vq, grid, "down-right", Path(tmp), device, ledger)
+            row = {"width_x": mult, "grid": [grid.H, grid.W], "pixels": r["pixels"],
+                   "sampler_peak_bytes": ledger.peak, "at_peak": ledger.peak_breakdown,
+                   "seconds": r["generate_and_decode_s"]}
+            if device.type == "cuda":
+                row["cuda_peak_bytes_above_weights"] = torch.cuda.max_memory_allocated(device) - base
+            out.append(row)
+    first = out[0]["sampler_peak_bytes"]
+    for row in out:
+        row["vs_first"] = round(row["sampler_peak_bytes"] / first, 4)
+    return out
+
+
+def bench_images(args, device, vq) -> list[dict]:
+    model = build(args, "ar", device)
+    hp, wp, _ = model.cfg.patch
+    f = vq.downsample
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for h_px, w_px in ((1024, 1024), (1024, 4096)):
+            grid = Grid(h_px // (hp * f), w_px // (wp * f))
+            r = stream_image(model, vq, grid, "down-right", Path(tmp), device, MemoryLedger(), png=True)
+            out.append({"pixels": [h_px, w_px], "grid": [grid.H, grid.W], "patches": len(grid),
+                        "generate_and_decode_s": r["generate_and_decode_s"], "with_png_s": r["total_s"],
+                        "sampling_s": round(r["stats"].seconds, 3),
+                        "tokens_per_s": round(r["stats"].tokens_generated / r["stats"].seconds, 1)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.bench sample", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--preset", default=None, help="renderer preset (default: tiny on CPU, base on CUDA)")
+    ap.add_argument("--patch", type=int, nargs=2, default=None, help="patch h_p w_p in codes (default: preset's)")
+    ap.add_argument("--vqgan", default=None, help="VQGAN preset (default: tiny_f16 on CPU, f16_16384 on CUDA)")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="AR batch sizes (default 1, or 1 8 32)")
+    ap.add_argument("--rows", type=int, default=None, help="grid rows = the training height in patches")
+    ap.add_argument("--train-width", type=int, default=None, help="training width in patches")
+    ap.add_argument("--widths", type=int, nargs="+", default=[2, 4, 8, 16])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--pnar-steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["ar_cache", "parallel", "memory", "images"])
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA device is available")
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.preset = args.preset or ("base" if cuda else "tiny")
+    args.batches = args.batches or ([1, 8, 32] if cuda else [1])
+    cfg = build(args, "ar", torch.device("cpu")).cfg
+    if args.rows is None or args.train_width is None:
+        # base: the paper's 1024 x 1024 training images are 4 x 4 patches of 256 pixels
+        args.rows = args.rows or (4 if args.preset != "tiny" else 2)
+        args.train_width = args.train_width or args.rows
+    vq_name = args.vqgan or ("f16_16384" if cuda else "tiny_f16")
+    torch.manual_seed(0)
+    vq = VQGAN(vq_preset(vq_name, n_embed=cfg.vocab_size)).to(device).eval()
+    result = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "preset": args.preset, "patch": list(cfg.patch), "expand": list(cfg.expand),
+              "vqgan": vq_name, "rows": args.rows, "train_width": args.train_width}
+    with torch.inference_mode():
+        if "ar_cache" not in args.skip:
+            result["ar_cache"] = bench_ar_cache(args, device)
+        if "parallel" not in args.skip:
+            result.update(bench_parallel(args, device))
+        if "memory" not in args.skip:
+            result["memory_vs_width"] = bench_memory(args, device, vq)
+        if cuda and "images" not in args.skip:
+            result["images"] = bench_images(args, device, vq)
+    return result
