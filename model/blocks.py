@@ -81,27 +81,58 @@ class ContextSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx_kv: tuple | None, causal: bool, cache: dict | None = None):
         k, v = self.attn.keys_values(x, None if self.post else self.table[self.center])
-        if cache is not None:  # AR decoding: own keys/values so far
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        n_q, n_own = x.shape[1], k.shape[2]
-        past = n_own - n_q
+        if cache is not None:
+            return self._decode_step(x, k, v, ctx_kv, causal, cache)
         n_ctx = 0 if ctx_kv is None else ctx_kv[0].shape[2]
         if ctx_kv is not None:
             k, v = torch.cat([ctx_kv[0], k], dim=2), torch.cat([ctx_kv[1], v], dim=2)
-        mask = None
-        if self.post or (causal and n_q > 1):
-            mask = x.new_zeros(1, n_q, n_ctx + n_own)
-            if causal and n_q > 1:
-                q_pos = torch.arange(n_q, device=x.device)[:, None] + past
-                k_pos = torch.arange(n_own, device=x.device)[None, :]
-                mask[..., n_ctx:] = mask[..., n_ctx:].masked_fill(k_pos > q_pos, float("-inf"))
+        bias = None if not self.post else self._post_bias(ctx_kv, k.shape[2] - n_ctx)
+        return self.attn.attend(x, k, v, self._mask(x, n_ctx, k.shape[2] - n_ctx, 0, causal, bias))
+
+    def _post_bias(self, ctx_kv, n_own: int) -> torch.Tensor:
+        """Post-RPE logit bias per key, [h, 1, keys]: context offsets, then (0, 0, 0) for own keys."""
+        own = self.table[self.center][:, None, None].expand(-1, 1, n_own)
+        return own if ctx_kv is None else torch.cat([ctx_kv[2][:, None, :], own], dim=-1)
+
+    @staticmethod
+    def _mask(x, n_ctx: int, n_own: int, past: int, causal: bool, bias: torch.Tensor | None):
+        """Additive mask [1 or h, queries, keys]: causal over own keys (queries start at `past`)."""
+        n_q = x.shape[1]
+        if bias is None and not (causal and n_q > 1):
+            return None
+        mask = x.new_zeros(1, n_q, n_ctx + n_own)
+        if causal and n_q > 1:
+            q_pos = torch.arange(n_q, device=x.device)[:, None] + past
+            k_pos = torch.arange(n_own, device=x.device)[None, :]
+            mask[..., n_ctx:] = mask[..., n_ctx:].masked_fill(k_pos > q_pos, float("-inf"))
+        return mask if bias is None else mask + bias
+
+    def _decode_step(self, x, k, v, ctx_kv, causal: bool, cache: dict):
+        """AR decoding: keys/values live in one buffer per patch, [context | own tokens so far].
+
+        The context part is written once; each step writes its own keys in place, so no step
+        copies the context again (a concatenation per token would, and dominates the step).
+        """
+        n_ctx = 0 if ctx_kv is None else ctx_kv[0].shape[2]
+        if "k_buf" not in cache:
+            b, h, _, dh = k.shape
+            length = n_ctx + cache.get("max_len", k.shape[2])
+            cache["k_buf"], cache["v_buf"] = k.new_empty(b, h, length, dh), v.new_empty(b, h, length, dh)
+            if n_ctx:
+                cache["k_buf"][:, :, :n_ctx] = ctx_kv[0]
+                cache["v_buf"][:, :, :n_ctx] = ctx_kv[1]
+            cache["fill"] = n_ctx
             if self.post:
-                own = self.table[self.center][:, None, None].expand(-1, 1, n_own)
-                bias = own if ctx_kv is None else torch.cat([ctx_kv[2][:, None, :], own], dim=-1)
-                mask = mask + bias  # [h, n_q, keys]
-        return self.attn.attend(x, k, v, mask)
+                cache["bias"] = self._post_bias(ctx_kv, length - n_ctx)
+        start, n = cache["fill"], k.shape[2]
+        if start + n > cache["k_buf"].shape[2]:
+            raise ValueError(f"decoding past the cache length {cache['k_buf'].shape[2] - n_ctx} of this patch")
+        cache["k_buf"][:, :, start:start + n] = k
+        cache["v_buf"][:, :, start:start + n] = v
+        cache["fill"] = end = start + n
+        bias = cache["bias"][..., :end] if self.post else None
+        mask = self._mask(x, n_ctx, end - n_ctx, start - n_ctx, causal, bias)
+        return self.attn.attend(x, cache["k_buf"][:, :, :end], cache["v_buf"][:, :, :end], mask)
 
 
 class CrossAttention(nn.Module):

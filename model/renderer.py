@@ -236,7 +236,7 @@ class Renderer(nn.Module):
 
     def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True):
         t_len = self.cfg.tokens_per_patch
-        cache = [dict() for _ in self.blocks]
+        cache = [{"max_len": t_len + 1} for _ in self.blocks]
         pos = self.positions()
         x = self._bos(rows)
         tokens, per_layer = [], [[] for _ in self.blocks]
