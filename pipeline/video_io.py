@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -129,7 +131,7 @@ def _display_matrix(frame) -> np.ndarray | None:
         if sd.type.name == "DISPLAYMATRIX":
             raw = memoryview(sd).tobytes()
             if len(raw) >= 36:
-                return np.frombuffer(raw[:36], dtype="<i4").astype(np.int64).reshape(3, 3)
+                return np.frombuffer(raw[:36], dtype="=i4").astype(np.int64).reshape(3, 3)
     return None
 
 
@@ -138,19 +140,29 @@ def probe(path: str | Path) -> VideoInfo:
 
     Demuxes every video packet (no decoding, cheap next to decoding) for exact counts and
     timestamps, and decodes the first frame, which proves the stream decodes and carries the
-    display matrix. Raises VideoError (kind: missing, empty_file, not_a_video, corrupt) when
-    the file cannot be read; a file without a video stream is not an error (has_video=False).
+    display matrix. Raises VideoError (kind: missing, empty_file, not_a_video, corrupt,
+    no_frames) when the file cannot be read; a file without a video stream is not an error (has_video=False).
     """
     import av
 
     path = Path(path)
-    with _open(path) as container:
+    with _open(path) as container:  # first pass: the first frame (no seeking: some inputs cannot)
         has_audio = bool(container.streams.audio)
         if not container.streams.video:
             return VideoInfo(path=str(path), has_video=False, has_audio=has_audio)
         stream = container.streams.video[0]
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise VideoError(path, "corrupt", f"the first frame does not decode ({e})") from e
+        if first is None:
+            raise VideoError(path, "no_frames", "the video stream holds no frame that decodes")
+        codec = stream.codec_context.name
+    with _open(path) as container:  # second pass: every packet's timestamp
+        stream = container.streams.video[0]
         announced = int(stream.frames or 0)
         tb = stream.time_base
+        average_rate = stream.average_rate
         pts, durations = [], []
         try:
             for packet in container.demux(stream):
@@ -159,21 +171,13 @@ def probe(path: str | Path) -> VideoInfo:
                     durations.append(int(packet.duration or 0))
         except av.FFmpegError as e:
             raise VideoError(path, "corrupt", f"cannot demux the video stream ({e})") from e
-        if not pts:
-            raise VideoError(path, "no_frames", "the video stream holds no frames")
-        try:
-            container.seek(0, stream=stream)
-            first = next(container.decode(stream), None)
-        except (av.FFmpegError, StopIteration) as e:
-            raise VideoError(path, "corrupt", f"the first frame does not decode ({e})") from e
-        if first is None:
-            raise VideoError(path, "corrupt", "no frame decodes")
-        codec = stream.codec_context.name
+    if not pts:
+        raise VideoError(path, "no_frames", "the video stream holds no timestamped frames")
     order = np.argsort(np.asarray(pts), kind="stable")
     pts_sorted = np.asarray(pts, dtype=np.int64)[order]
     deltas = np.diff(pts_sorted)
     median = float(np.median(deltas)) if len(deltas) else 0.0
-    last_duration = durations[int(order[-1])] or median or (1.0 / float(stream.average_rate or 25) / tb)
+    last_duration = durations[int(order[-1])] or median or (1.0 / float(average_rate or 25) / tb)
     duration_s = float((pts_sorted[-1] - pts_sorted[0] + last_duration) * tb)
     # Timestamps are rounded to the time base, so allow a couple of ticks of jitter.
     variable = bool(len(deltas) and (deltas.max() - deltas.min()) > max(2.0, 0.05 * median))
@@ -199,6 +203,9 @@ def rotate_for_display(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
 
 
+TIME_EPS_S = 1e-6  # a wanted time this close to a frame's start counts as that frame's (float rounding)
+
+
 def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | None = None,
                    size: tuple[int, int] | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """For each requested time (seconds from the first frame, ascending), the frame on screen then.
@@ -219,7 +226,10 @@ def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | 
         if not container.streams.video:
             raise VideoError(path, "no_video_stream", "no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # FFmpeg's default (slice) threading, not frame threading: with frame-threaded decoding
+        # running beside the x264 encoder of `cut_clips`, clip bytes varied between identical runs
+        # (observed with PyAV 18.1), and clips must be byte-reproducible. Parallelism comes from
+        # the stage's worker processes instead.
         tb = stream.time_base
         start = stream.start_time
         avg = float(stream.average_rate or 25)
@@ -227,18 +237,18 @@ def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | 
             container.seek(int(start + (target - 1.0) / tb), stream=stream, backward=True)
         prev = prev_t = None
         prev_rgb = None
-        t0 = float(start * tb) if start is not None else None
+        origin = start  # pts of time zero (the first frame's when the stream gives no start time)
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     t = (prev_t + 1.0 / avg) if prev_t is not None else 0.0
                 else:
-                    if t0 is None:
-                        t0 = float(frame.pts * tb)
-                    t = float(frame.pts * tb) - t0
+                    if origin is None:
+                        origin = frame.pts
+                    t = float((frame.pts - origin) * tb)  # exact rational, rounded once
                 if prev is not None and prev_t is not None and t <= prev_t:
                     continue  # a repeated or out-of-order timestamp: keep the earlier frame
-                while prev is not None and target is not None and target < t:
+                while prev is not None and target is not None and target < t - TIME_EPS_S:
                     if prev_rgb is None:
                         prev_rgb = _to_rgb(prev, rotation, size)
                     yield target, prev_rgb
@@ -251,7 +261,7 @@ def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | 
         if prev is None:
             return
         last_duration = float(prev.duration * tb) if prev.duration else 1.0 / avg
-        while target is not None and target < prev_t + last_duration:
+        while target is not None and target < prev_t + last_duration - TIME_EPS_S:
             if prev_rgb is None:
                 prev_rgb = _to_rgb(prev, rotation, size)
             yield target, prev_rgb
@@ -282,3 +292,65 @@ def _to_rgb(frame, rotation: int | None, size: tuple[int, int] | None) -> np.nda
     w, h = size if size is not None else (frame.width, frame.height)
     rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
     return rotate_for_display(rgb, rotation)
+
+
+# --- cutting into clips ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    path: Path
+    index: int  # k: the clip holds resampled frames k*frames .. (k+1)*frames - 1
+    start: float  # seconds from the first frame
+    crop: tuple[int, int, int, int]  # x0, y0, x1, y1 in displayed source pixels
+
+
+def crop_box(width: int, height: int, mode: str, seed: int, key: str) -> tuple[int, int, int, int]:
+    """The largest square of a width x height frame: centred, or at a position seeded by (seed, key)."""
+    side = min(width, height)
+    if mode == "center":
+        x0, y0 = (width - side) // 2, (height - side) // 2
+    elif mode == "random":
+        rng = np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:15], 16)])
+        x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    else:
+        raise ValueError(f"crop mode must be 'center' or 'random', got {mode!r}")
+    return x0, y0, x0 + side, y0 + side
+
+
+def cut_clips(path: str | Path, info: VideoInfo, *, fps: float, frames: int, size: int, crop: str, seed: int,
+              clip_id: Callable[[int], str], clip_dir: Path, crf: int = 18, max_clips: int = 0,
+              deadline: float | None = None) -> list[Clip]:
+    """Resample to `fps`, cut consecutive clips of `frames` frames from 0 s, write them as MP4.
+
+    Every clip is the crop square (`crop_box`, chosen per clip id) resized to size x size with
+    bicubic filtering (PIL's, which low-passes when shrinking), written with `write_mp4` to
+    clip_dir/<id>.mp4. A tail shorter than `frames` is dropped. Raises VideoError (decode_error,
+    or timeout once `deadline`, a time.monotonic() value, has passed).
+    """
+    from PIL import Image
+
+    path = Path(path)
+    clips: list[Clip] = []
+    group: list[np.ndarray] = []
+    box = None
+    for _t, rgb in iter_resampled(path, fps, rotation=info.rotation, size=(info.coded_width, info.coded_height)):
+        if deadline is not None and time.monotonic() > deadline:
+            raise VideoError(path, "timeout", f"not finished within the time limit ({len(clips)} clip(s) done)")
+        k = len(clips)
+        if box is None:
+            box = crop_box(info.width, info.height, crop, seed, clip_id(k))
+        im = Image.fromarray(rgb).crop(box)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        group.append(np.asarray(im))
+        if len(group) < frames:
+            continue
+        out = clip_dir / f"{clip_id(k)}.mp4"
+        write_mp4(out, np.stack(group), fps, crf=crf)
+        clips.append(Clip(id=clip_id(k), path=out, index=k, start=k * frames / fps, crop=box))
+        group, box = [], None
+        if max_clips and len(clips) >= max_clips:
+            break
+    return clips
