@@ -11,6 +11,8 @@ if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# Progress bars in a log file (not a terminal): one line every 10 s instead of a flood.
+if [ ! -t 2 ]; then export TQDM_MININTERVAL="${TQDM_MININTERVAL:-10}"; fi
 # DeepSpeed JIT-compiles its C++ ops once; keep them in the checkout so later runs reuse them.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/.cache/torch_extensions}"
 if ! command -v nvidia-smi >/dev/null 2>&1; then
