@@ -25,7 +25,7 @@ patch step, the first (empty pool) included: ZeRO stages 1-3 need this.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -38,8 +38,10 @@ from model.sampling import guide, sample_logits
 from model.text import TextEncoder
 
 
-@dataclass
-class RenderOutput:
+class RenderOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds the tensors a module returns (to
+    re-gather its parameters for backward) only inside tuples, lists and dicts."""
+
     loss: torch.Tensor  # mean cross-entropy (nats) over the predicted tokens
     logits: torch.Tensor  # [B, T, V]
     states: list[torch.Tensor]  # per layer [B, T, D], detached

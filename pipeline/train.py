@@ -293,13 +293,14 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     import numpy as np
     import torch
 
+    from model.renderer import Renderer
     from pipeline import text_tokenizer
     from pipeline.checkpoint import CheckpointError, CheckpointStore, check_compatible, compatibility_record
     from pipeline.monitor import TrainMonitor, VQGANPreview, peak_flops
     from pipeline.ranks import rank_info
     from pipeline.renderer_io import export_dir, model_config
     from pipeline.train_data import DataError, GlobalBatchSampler, TrainData, check_token_set, training_captions
-    from pipeline.train_loop import Trainer, ZeroReadyRenderer, mark_zero3_leaf_modules, sync_errors
+    from pipeline.train_loop import Trainer, mark_zero3_leaf_modules, sync_errors
 
     ranks = rank_info()
     rank, world = ranks.rank, ranks.world_size
@@ -359,7 +360,7 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
                                   "trained with (sha256 mismatch); restore the original file")
 
     torch.manual_seed(seed)  # the same initial weights on every rank
-    model = ZeroReadyRenderer(model_cfg)
+    model = Renderer(model_cfg)
     n_params = model.num_parameters()
     if ds_cfg["zero_optimization"]["stage"] == 3:
         mark_zero3_leaf_modules(model)

@@ -22,7 +22,6 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -31,7 +30,6 @@ from model.config import RenderConfig
 from model.directions import Direction, Grid
 from model.patches import get_patch, put_patch
 from model.pool import ContextPool
-from model.renderer import Renderer
 from pipeline.checkpoint import CheckpointError, CheckpointStore, capture_rng, restore_rng, tag_for
 from pipeline.monitor import Stopwatch, TrainMonitor, patch_train_flops
 from pipeline.train_data import DataError, DataPosition, MicroBatch, TrainData
@@ -74,28 +72,6 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     if world() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
-
-
-class RenderTuple(NamedTuple):
-    loss: torch.Tensor
-    logits: torch.Tensor
-    states: list
-    num_predicted: int
-
-
-class ZeroReadyRenderer(Renderer):
-    """The Renderer with its output as a NamedTuple, the form DeepSpeed ZeRO-3 can look inside.
-
-    ZeRO-3 re-gathers a module's partitioned parameters for the backward pass through hooks on the
-    tensors the module returns, and it finds tensors only in tuples, lists and dicts: from the
-    Renderer's RenderOutput dataclass it sees nothing, so the root-level parameters (patch positions,
-    BOS / query / mask vectors) would still be partitioned when their gradients arrive. Same weights
-    and state-dict keys as Renderer (the export loads into a plain Renderer).
-    """
-
-    def forward(self, *args, **kwargs) -> RenderTuple:  # type: ignore[override]
-        out = super().forward(*args, **kwargs)
-        return RenderTuple(out.loss, out.logits, out.states, out.num_predicted)
 
 
 def mark_zero3_leaf_modules(model: torch.nn.Module) -> None:
