@@ -5,8 +5,11 @@ stage module defines. Unknown keys are errors (a typo must never silently fall b
 default), and every error names the file and the key.
 
 Top-level keys shared by all stages:
-  run_dir: where every stage writes (relative paths are taken from the config file's folder)
-  seed:    the base seed every stage derives its own generators from
+  run_dir:  where every stage writes (relative paths are taken from the config file's folder)
+  seed:     the base seed every stage derives its own generators from
+  profiles: named overlays, e.g. `profiles: {video: {run_dir: ..., model: {...}, train: {...}}}`;
+            `load_config(path, profile="video")` deep-merges one over the rest, so a second model
+            (the demo's video renderer) is trained from the same file with its own outputs.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class RunConfig:
         return from_dict(cls, data, where=f"{self.path}: {name}")
 
 
-def load_config(path: str | os.PathLike) -> RunConfig:
+def load_config(path: str | os.PathLike, profile: str | None = None) -> RunConfig:
     path = Path(path).resolve()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -70,7 +73,22 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: 'profiles' must be a mapping of name -> overlay")
+    if profile is not None:
+        if profile not in profiles or not isinstance(profiles[profile], dict):
+            raise ConfigError(f"{path}: no profile {profile!r} (profiles: {sorted(profiles)})")
+        raw = deep_merge(raw, profiles[profile])
     return RunConfig(path=path, raw=raw)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:

@@ -94,6 +94,7 @@ class JobConfig:
     frames: int | None = None  # image_to_video: frames to predict
     fps: float = 5.0
     prompts_file: str | None = None
+    export_dir: str | None = None  # this job's renderer (e.g. the video model); default: the section's
 
 
 @dataclass
@@ -115,7 +116,7 @@ ALLOWED = {"text_to_image": {"prompt", "size", "patches", "direction", "count"},
            "extend": {"prompt", "input", "input_index", "input_crop", "side", "amount"},
            "image_to_video": {"prompt", "input", "input_index", "input_crop", "frames", "fps"},
            "batch": {"prompts_file", "size", "patches", "direction"}}
-COMMON = {"name", "mode", "seed", "sampling", "batch_size"}
+COMMON = {"name", "mode", "seed", "sampling", "batch_size", "export_dir"}
 
 
 def check_jobs(sec: SampleSection, where: str) -> None:
@@ -242,12 +243,13 @@ def read_prompts(path: Path) -> tuple[list[dict], list[dict]]:
 class Sampler:
     """The loaded models and shared settings; renders one job item after another."""
 
-    def __init__(self, cfg: RunConfig, sec: SampleSection):
+    def __init__(self, cfg: RunConfig, sec: SampleSection, export: str | None = None):
         from pipeline.renderer_io import WEIGHTS, export_dir, load_renderer
 
         self.cfg, self.sec = cfg, sec
         self.device = pick_device(sec.device, cfg)
-        folder = cfg.resolve(sec.export_dir) if sec.export_dir else export_dir(cfg)
+        export = export or sec.export_dir
+        folder = cfg.resolve(export) if export else export_dir(cfg)
         self.renderer, self.tokenizer = load_renderer(folder, self.device)
         self.vqgan, vq_sha, vq_path = load_vqgan(cfg, self.device)
         rc = self.renderer.cfg
@@ -468,11 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         log.info("removed %d temporaries of an interrupted run in %s", stale, out_dir)
     started = time.perf_counter()
-    sampler = Sampler(cfg, sec)
+    samplers: dict[str | None, Sampler] = {}  # one per renderer export the jobs name
     ranks = rank_info()
     summary: dict = {"written": [], "skipped": 0, "rejected_prompts": [], "units": 0, "ranks": ranks}
     for job in jobs:
         log.info("job %s (%s)", job.name, job.mode)
+        if job.export_dir not in samplers:
+            samplers[job.export_dir] = Sampler(cfg, sec, job.export_dir)
+        sampler = samplers[job.export_dir]
         run_job(sampler, job, sec.jobs.index(job), out_dir, summary)
     seconds = time.perf_counter() - started
     summary.pop("ranks")

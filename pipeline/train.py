@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -84,11 +85,14 @@ class TrainSection:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     dist_timeout_minutes: int = 30
     export: bool = True
+    # Local ranks the stage script starts (with torchrun) when no LAUNCHER is set: the demo trains on
+    # two CPU ranks this way. Under an explicit launcher the launcher decides.
+    nproc_per_node: int = 1
 
     def __post_init__(self):
         problems = []
         for name in ("micro_batch", "global_batch", "epochs", "save_every", "keep_last", "log_every",
-                     "dist_timeout_minutes"):
+                     "dist_timeout_minutes", "nproc_per_node"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
@@ -438,12 +442,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stop-after-steps", type=int, default=None,
                     help="stop (and save) at the first batch boundary at or after this optimizer step")
     ap.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    ap.add_argument("--profile", default=None, help="train with the config's profile NAME laid over it "
+                    "(e.g. the demo's video renderer)")
+    ap.add_argument("--print-nproc", action="store_true",
+                    help="print train.nproc_per_node and exit (used by stages/60_train.sh)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_nproc:
+        try:
+            print(read_train_section(load_config(args.config, args.profile)).nproc_per_node)
+        except ConfigError as e:
+            print(f"pipeline.train: {e}", file=sys.stderr)
+            return 2
+        return 0
     set_by_us = ensure_launcher_env()
     rank = int(os.environ["RANK"])
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -457,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.train_loop import NonFiniteLoss, TrainingAborted
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.profile)
         sec = read_train_section(cfg)
         run_training(cfg, sec, stop_after_steps=args.stop_after_steps, export=sec.export and not args.no_export)
     except (ConfigError, DataError, ShardError, CheckpointError, TokenizerError, NonFiniteLoss,

@@ -39,8 +39,13 @@ fi
 launch() {
   local module="$1"; shift
   if [ -n "${LAUNCHER:-}" ]; then
-    # shellcheck disable=SC2086
-    $LAUNCHER -m "$module" "$@"
+    case "$LAUNCHER" in
+      # the deepspeed launcher takes a module as `--module NAME` (it has no -m)
+      # shellcheck disable=SC2086
+      deepspeed*) $LAUNCHER --module "$module" "$@" ;;
+      # shellcheck disable=SC2086
+      *) $LAUNCHER -m "$module" "$@" ;;
+    esac
   else
     python -m "$module" "$@"
   fi

@@ -18,7 +18,7 @@ from pipeline.text_tokenizer import byte_level
 from pipeline.vqgan_io import save_vqgan
 
 VQ = dict(ch=32, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=8, n_embed=256,
-          resolution=16)
+          norm_groups=8, resolution=16)
 
 
 @pytest.fixture(autouse=True, scope="module")
