@@ -77,7 +77,7 @@ from pipeline.ranks import rank_info
 
 log = logging.getLogger("pipeline.evaluate")
 
-DEFAULT_METRICS = ("block_fid", "inception_score", "clip_sim", "fvd")
+DEFAULT_METRICS = ("bits_per_token", "block_fid", "inception_score", "clip_sim", "fvd")
 
 
 @dataclass
@@ -102,6 +102,11 @@ class EvaluateConfig:
     video_batch_size: int = 2
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     output_name: str = "metrics.json"
+    # bits_per_token: teacher-forced validation loss of the trained renderer on held-out codes
+    renderer_export: str | None = None    # default run_dir/train/export
+    validation_tokens: str | None = None  # default run_dir/tokens/images/test
+    validation_direction: str = "down-right-forward"
+    validation_batch_size: int = 16
 
     def __post_init__(self):
         for name in ("block_size", "block_stride", "inception_size", "is_splits", "fvd_frames", "fvd_size",
@@ -326,7 +331,35 @@ def _enough(stats, what: str):
     return stats
 
 
+def metric_bits_per_token(ctx: EvalContext) -> dict:
+    """Validation bits per token (cross-entropy / ln 2) of the exported renderer on held-out token
+    grids, teacher-forced patch by patch in one direction (pipeline.validate)."""
+    from pipeline.renderer_io import CONFIG, WEIGHTS, RendererLoadError, export_dir, load_renderer
+    from pipeline.shards import ShardError, TokenSet
+    from pipeline.validate import validation_bits_per_token
+
+    run, cfg = ctx.run_cfg, ctx.cfg
+    folder = run.resolve(cfg.renderer_export) if cfg.renderer_export else export_dir(run)
+    tokens = run.resolve(cfg.validation_tokens) if cfg.validation_tokens else run.run_dir / "tokens/images/test"
+    if not (folder / CONFIG).is_file():
+        raise MetricSkipped(f"no trained renderer export at {folder} (stage 60 has not exported)")
+    try:
+        renderer, tokenizer = load_renderer(folder, ctx.device)
+        tokenset = TokenSet(tokens)
+    except (RendererLoadError, ShardError) as e:
+        raise MetricSkipped(str(e)) from e
+    if len(tokenset) == 0:
+        raise MetricSkipped(f"{tokens}: no held-out items")
+    out = validation_bits_per_token(renderer, tokenset, cfg.validation_direction, cfg.validation_batch_size,
+                                    tokenizer)
+    ctx.weights["renderer"] = {"path": str(folder / WEIGHTS), "sha256": atomic.sha256_file(folder / WEIGHTS)}
+    return {"value": out["bits_per_token"], "loss_nats": out["loss_nats"], "tokens": out["tokens"],
+            "items": out["items"], "direction": str(out["direction"]), "token_set": str(tokens),
+            "bits_per_token_by_patch": out["bits_per_token_by_patch"]}
+
+
 METRICS: dict[str, Callable[[EvalContext], dict]] = {
+    "bits_per_token": metric_bits_per_token,
     "block_fid": metric_block_fid,
     "inception_score": metric_inception_score,
     "clip_sim": metric_clip_sim,

@@ -190,9 +190,9 @@ def _manifest_input(path: Path, index: int) -> np.ndarray:
     media = Path(row["path"])
     if not media.is_absolute():
         media = path.parent / media
-    if "crop" in row and row.get("crop") is not None:
+    if media.suffix.lower() in IMAGE_SUFFIXES:  # an image manifest row: its recorded crop
         return load_image_crop(media, row["crop"], int(row["size"]))
-    from pipeline.video_io import read_frames_at
+    from pipeline.video_io import read_frames_at  # a clip row: the clip file is already cut and sized
 
     return read_frames_at(media, [0.0])[0]
 
