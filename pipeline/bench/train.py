@@ -34,14 +34,14 @@ def _rss_bytes() -> int:
 def _engine(cfg, device, micro: int, gas: int, bf16: bool, torch_adam: bool):
     import deepspeed
 
+    from model.renderer import Renderer
     from pipeline.train import TrainSection, finalize_ds_config
-    from pipeline.train_loop import ZeroReadyRenderer
 
     sec = TrainSection(micro_batch=micro, global_batch=micro, bf16=bf16)
     ds = {**DS_BASE, "optimizer": {"type": "Adam", "params": {"torch_adam": torch_adam}}}
     ds, _ = finalize_ds_config(ds, sec, 1, gas, "bench")
     torch.manual_seed(0)
-    model = ZeroReadyRenderer(cfg)
+    model = Renderer(cfg)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     return engine
 
