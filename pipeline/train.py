@@ -2,7 +2,7 @@
 
     python -m pipeline.train --config run.yaml                       # one process (sets rank variables itself)
     torchrun --nproc_per_node 8 -m pipeline.train --config run.yaml  # one node
-    deepspeed --hostfile ds_configs/hostfile.example -m pipeline.train --config run.yaml   # several nodes
+    deepspeed --hostfile ds_configs/hostfile.example --module pipeline.train --config run.yaml   # several nodes
     (or one torchrun per node: --nnodes N --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT)
 
 Reads sections `model` (pipeline.renderer_io) and `train` (TrainSection below); writes run_dir/train/:

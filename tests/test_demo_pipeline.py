@@ -1,0 +1,114 @@
+"""The embedded default end to end: configs/demo.yaml at a smaller setting, every stage, through run.sh.
+
+Runs the real stage scripts (two DeepSpeed CPU ranks for training included) on a few procedural
+images and videos, checks every stage's output, then runs again and checks that finished work is
+reused rather than redone.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.config import deep_merge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_demo_config(tmp: Path) -> dict:
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    run = tmp / "run"
+    text = yaml.safe_dump(cfg).replace("../runs/demo", str(run))  # every path of the demo, moved
+    cfg = yaml.safe_load(text)
+    small = {
+        "run_dir": str(run),
+        "demo_data": {"images": 24, "videos": 3, "image_size": 64, "video_size": 64, "video_frames": 10,
+                      "object_fraction": 0.34},
+        "ingest_images": {"min_side": 64, "size": 64, "chunk_size": 12},
+        "ingest_videos": {"min_side": 64, "size": 64, "frames": 2},
+        "caption": {"split": {"test_fraction": 0.25}},
+        "train_vqgan": {"size": 64, "steps": 4, "image_every": 2, "ckpt_every": 2},
+        "model": {"n_layer": 1, "d_model": 32, "text_vocab_size": 300},
+        "train": {"epochs": 1, "micro_batch": 3, "global_batch": 6, "save_every": 4, "sample_every": 0},
+        "profiles": {"video": {"train": {"epochs": 1, "global_batch": 2, "micro_batch": 1}}},
+        "evaluate": {"block_size": 32, "block_stride": 16},
+    }
+    cfg = deep_merge(cfg, small)
+    for job in cfg["sample"]["jobs"]:  # 64 x 64 training images: a panorama 4x as wide
+        if job["mode"] == "text_to_image":
+            job["size"] = [64, 256]
+        if job["mode"] == "extend":
+            job["amount"] = 32
+        if job["mode"] == "image_to_video":
+            job["frames"] = 2
+    return cfg
+
+
+def run_all(config: Path) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "stages", "all", "--config", str(config)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_and_rerun_reuses_work(tmp_path):
+    config = tmp_path / "demo_small.yaml"
+    config.write_text(yaml.safe_dump(small_demo_config(tmp_path)))
+    run = tmp_path / "run"
+    log = run_all(config)
+    for stage in ("00_make_demo_data", "10_ingest_images", "15_ingest_videos", "20_filter_objects",
+                  "30_caption", "40_train_vqgan", "50_tokenize", "60_train", "65_train_video", "70_sample",
+                  "80_evaluate", "90_summary"):
+        assert f"stage {stage}.sh finished" in log, stage
+    assert "object filter: SKIPPED" in log and "filter.weights is not set" in log
+
+    import pyarrow.parquet as pq
+
+    manifest = pq.read_table(run / "data/images/manifest.parquet").to_pylist()
+    assert len(manifest) == 24 and {r["split"] for r in manifest} == {"train", "test"}
+    assert all(r["caption"] for r in manifest)
+    assert (run / "vqgan/vqgan.safetensors").is_file()
+    for tokens in ("tokens/images/train", "tokens/images/test", "tokens/videos/train"):
+        assert (run / tokens / "index.parquet").is_file(), tokens
+    assert (run / "train/export/renderer.safetensors").is_file()
+    assert (run / "video_model/train/export/renderer.safetensors").is_file()
+
+    samples = run / "samples"
+    assert Image.open(samples / "panorama.png").size == (256, 64)  # 4x the training width
+    sizes = {side: Image.open(samples / f"extend-{side}.png").size for side in ("right", "left", "down", "up")}
+    assert sizes == {"right": (96, 64), "left": (96, 64), "down": (64, 96), "up": (64, 96)}
+    assert json.loads((samples / "panorama.json").read_text())["prompt"].startswith("a snowy mountain")
+    import av
+
+    with av.open(str(samples / "video.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
+
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    bpt = metrics["metrics"]["bits_per_token"]["value"]
+    assert 0 < bpt < 9 and np.isfinite(bpt)  # 256 codes: 8 bits is a uniform guess
+    assert set(metrics["skipped"]) == {"block_fid", "inception_score", "clip_sim", "fvd"}
+    assert "inception_weights" in metrics["skipped"]["block_fid"]
+    assert "tensorboard --logdir" in (run / "SUMMARY.md").read_text()
+
+    # Second run: every stage finds its work done.
+    watched = [run / "data/images/manifest.parquet", run / "vqgan/vqgan.safetensors",
+               run / "tokens/images/train/index.parquet", run / "train/export/renderer.safetensors",
+               samples / "panorama.png"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched}
+    log2 = run_all(config)
+    assert "(0 made now)" in log2
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
