@@ -39,7 +39,7 @@ def _files(folder: Path, limit: int) -> tuple[list[Path], int]:
     return files[:limit], len(files)
 
 
-def summarize(run_dir: Path, limit: int = 25) -> str:
+def summarize(run_dir: Path, limit: int = 8) -> str:
     lines = [f"# Run summary: {run_dir}", ""]
     for rel, what in SECTIONS:
         folder = run_dir / rel
