@@ -28,10 +28,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent, best_effort=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -94,25 +94,21 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: str | os.PathLike, *, best_effort: bool = False) -> None:
+    """Flush a file's or folder's data to disk.
+
+    A path that cannot be opened is skipped (nothing of ours to make durable there). With
+    `best_effort`, a failing fsync is ignored too: used for folders, which some file systems
+    refuse to fsync, so that making a rename durable never fails the write it follows.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        if not best_effort:
+            raise
     finally:
         os.close(fd)

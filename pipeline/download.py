@@ -115,7 +115,7 @@ def download(url: str, dest: str | os.PathLike, *, timeout_s: float, retries: in
             continue
         os.replace(part, dest)  # `part` was fsynced when its last byte was written
         meta.unlink(missing_ok=True)
-        _fsync_dir(dest.parent)
+        atomic.fsync_path(dest.parent, best_effort=True)  # make the rename durable
         return dest
     assert last is not None
     raise DownloadError(url, f"gave up after {retries + 1} attempt(s); last error: {last.reason}",
@@ -253,20 +253,6 @@ def _retry_after(value: str | None) -> float | None:
 def _discard(part: Path, meta: Path) -> None:
     part.unlink(missing_ok=True)
     meta.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: some file systems refuse to fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _describe(e: object) -> str:

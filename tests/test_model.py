@@ -38,6 +38,15 @@ def fill_pool(model, codes, direction, upto, ids=None, mask=None):
     raise AssertionError("upto not in grid")
 
 
+def ar_context(rpe, codes_shape, direction):
+    """A seeded AR model, a caption, and the context of patch (1, 1, 0) after teacher-forcing random codes."""
+    m = make("ar", rpe)
+    ids, mask = text()
+    codes = torch.randint(0, 256, codes_shape)
+    _, ctx = fill_pool(m, codes, direction, (1, 1, 0), ids, mask)
+    return m, ids, mask, ctx
+
+
 def test_ar_logits_at_t_ignore_later_tokens():
     m = make()
     ids, mask = text()
@@ -54,10 +63,7 @@ def test_ar_logits_at_t_ignore_later_tokens():
 
 @pytest.mark.parametrize("rpe", ["pre", "post"])
 def test_ar_cached_sampling_logits_equal_teacher_forced(rpe):
-    m = make("ar", rpe)
-    ids, mask = text()
-    codes = torch.randint(0, 256, (2, 1, 12, 12))
-    _, ctx = fill_pool(m, codes, "down-right-forward", (1, 1, 0), ids, mask)
+    m, ids, mask, ctx = ar_context(rpe, (2, 1, 12, 12), "down-right-forward")
     assert ctx.length > 0
     trace = []
     tok, states = m.render(ctx, ids, mask, SamplingConfig(temperature=1.0),
@@ -182,10 +188,7 @@ def test_preset_sizes_match_the_paper():
 
 @pytest.mark.parametrize("rpe", ["pre", "post"])
 def test_ar_sampling_with_and_without_cache_draws_the_same_codes(rpe):
-    m = make("ar", rpe)
-    ids, mask = text()
-    codes = torch.randint(0, 256, (2, 1, 8, 8))
-    _, ctx = fill_pool(m, codes, "right-down-forward", (1, 1, 0), ids, mask)
+    m, ids, mask, ctx = ar_context(rpe, (2, 1, 8, 8), "right-down-forward")
     a, sa = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5))
     b, sb = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), use_cache=False)
     assert torch.equal(a, b)

@@ -21,12 +21,7 @@ VQ = dict(ch=32, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[], z_channe
           norm_groups=8, resolution=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

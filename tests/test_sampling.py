@@ -23,13 +23,7 @@ from pipeline.vq_decode_stream import Canvases, ImageStreamDecoder
 TRAINED = Grid(2, 2)  # the tiny model's "training size" in these tests: 2 x 2 patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def renderer(kind="ar", text=False, seed=0):

@@ -119,37 +119,38 @@ def test_check_token_set_accepts_a_good_set(token_set):
     assert len(ts) == 24 and (grid.H, grid.W, grid.F) == (2, 2, 1)
 
 
+def assert_check_rejects(folder: Path, match: str, global_batch: int) -> None:
+    """The up-front token-set check must refuse `folder` with a DataError matching `match`."""
+    with pytest.raises(DataError, match=match):
+        check_token_set(folder, preset("tiny"), global_batch)
+
+
 def test_missing_shard_is_named(tmp_path):
     folder = make_token_set(tmp_path / "t")
     (folder / f"{shard_name(0, 1)}.npy").unlink()
-    with pytest.raises(DataError, match=rf"{shard_name(0, 1)}\.npy: listed in index.parquet but missing"):
-        check_token_set(folder, preset("tiny"), 4)
+    assert_check_rejects(folder, rf"{shard_name(0, 1)}\.npy: listed in index.parquet but missing", 4)
 
 
 def test_truncated_shard_is_named(tmp_path):
     folder = make_token_set(tmp_path / "t")
     path = folder / f"{shard_name(0, 0)}.npy"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match=rf"{shard_name(0, 0)}\.npy: truncated"):
-        check_token_set(folder, preset("tiny"), 4)
+    assert_check_rejects(folder, rf"{shard_name(0, 0)}\.npy: truncated", 4)
 
 
 def test_codebook_larger_than_model_vocab(tmp_path):
     folder = make_token_set(tmp_path / "t", vocab=1024)
-    with pytest.raises(DataError, match="token ids outside the codebook.*1024 codes.*vocab_size is 256"):
-        check_token_set(folder, preset("tiny"), 4)
+    assert_check_rejects(folder, "token ids outside the codebook.*1024 codes.*vocab_size is 256", 4)
 
 
 def test_grid_that_does_not_divide_into_patches(tmp_path):
     folder = make_token_set(tmp_path / "t", grid=(1, 8, 10))
-    with pytest.raises(DataError, match=r"meta.json: code grid f x h x w = 1 x 8 x 10 does not divide"):
-        check_token_set(folder, preset("tiny"), 4)
+    assert_check_rejects(folder, r"meta.json: code grid f x h x w = 1 x 8 x 10 does not divide", 4)
 
 
 def test_fewer_items_than_a_global_batch(tmp_path):
     folder = make_token_set(tmp_path / "t", n=6)
-    with pytest.raises(DataError, match="6 items, fewer than one global batch of 8"):
-        check_token_set(folder, preset("tiny"), 8)
+    assert_check_rejects(folder, "6 items, fewer than one global batch of 8", 8)
 
 
 def test_corrupted_token_id_fails_at_load_naming_file_and_row(tmp_path):
