@@ -36,8 +36,9 @@ Choices:
 - Failures (unreadable crop, model error on that image) go to caption_rejects.parquet and the
   image leaves the manifest; everything else in the batch is still captioned.
 
-Work is cut into chunks of the items to caption; chunk k belongs to rank k % WORLD_SIZE and writes
-data/images/captions/chunk-NNNNNN.parquet (id, caption, reason, detail) and then its done-marker.
+Work follows the chunk protocol of `pipeline.chunked`: chunks of the items to caption; chunk k
+belongs to rank k % WORLD_SIZE and writes data/images/captions/chunk-NNNNNN.parquet (id, caption,
+reason, detail) and then its done-marker.
 Rank 0 waits for every marker, writes the captions and the split into the manifest in one atomic
 replace, and updates caption_rejects.parquet. Re-running finds nothing left to caption and gives
 the same manifest.
@@ -59,16 +60,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from pipeline import atomic, split
-from pipeline.config import ConfigError, load_config
-from pipeline.ingest_images import (
-    IngestError,
-    chunk_is_current,
-    fingerprint,
-    remove_own_temporaries,
-    setup_logging,
-    wait_for_markers,
-)
+from pipeline import chunked, split
+from pipeline.chunked import fingerprint
+from pipeline.config import load_config
 from pipeline.manifest import IMAGE_COLUMNS, ManifestError, load_image_crop, read_rows, write_rows
 from pipeline.ranks import RankInfo, rank_info
 
@@ -260,34 +254,33 @@ def run(cfg: CaptionConfig, run_dir: Path, resolve, ranks: RankInfo | None = Non
         need = [r for r in rows if cfg.recaption or not str(r["caption"] or "").strip()]
         missing = []
     model_dir = resolve(cfg.model_dir) if cfg.model_dir else None
-    chunks = [need[i:i + cfg.chunk_size] for i in range(0, len(need), cfg.chunk_size)]
+    chunks = chunked.split(need, cfg.chunk_size)
     setting = {k: getattr(cfg, k) for k in ("prompt", "num_beams", "min_new_tokens", "max_new_tokens",
                                              "image_side", "dtype")}
     model = _model_stamp(model_dir) if chunks else None
     fps = [fingerprint({"model": model, **setting, "items": [(r["id"], r["path"], r["crop"]) for r in c]})
            for c in chunks]
-    cap_dir = out_dir / "captions"
-    paths = [(cap_dir / f"chunk-{k:06d}.parquet", cap_dir / f"chunk-{k:06d}.done") for k in range(len(chunks))]
-    todo = [k for k in range(len(chunks)) if ranks.owns(k) and not chunk_is_current(paths[k][1], fps[k])]
+    plan = chunked.ChunkPlan(out_dir / "captions", fps, "caption", log, ranks)
+    todo = plan.todo()
     log.info("%d image(s), %d to caption in %d chunk(s); rank %d of %d has %d left", len(rows), len(need),
              len(chunks), ranks.rank, ranks.world_size, len(todo))
     if todo:
-        remove_own_temporaries(cap_dir, todo)
         captioner = Captioner(cfg, model_dir, ranks.local_rank)
         with tqdm(total=sum(len(chunks[k]) for k in todo), desc="caption", unit="img", file=sys.stderr) as bar:
             for k in todo:
+                plan.start(k)
                 result = caption_chunk(captioner, chunks[k], cfg.image_side, cfg.batch_size, bar)
-                write_rows(paths[k][0], result, CAPTION_COLUMNS)
-                atomic.mark_done(paths[k][1], {"fingerprint": fps[k], "items": len(result)})
+                write_rows(plan.rows(k), result, CAPTION_COLUMNS)
+                plan.finish(k, {"items": len(result)})
     if not ranks.is_main:
         return {"captioned_chunks": len(todo)}
-    wait_for_markers([(m, fp) for (_, m), fp in zip(paths, fps)], cfg.merge_timeout_s, "caption")
-    return _merge(cfg, manifest, rows, missing, [paths[k][0] for k in range(len(chunks))], t0)
+    plan.wait(cfg.merge_timeout_s)
+    return _merge(cfg, manifest, rows, missing, plan.read_all(), t0)
 
 
 def _merge(cfg: CaptionConfig, manifest: Path, rows: list[dict], missing: list[dict],
-           chunk_files: list[Path], t0: float) -> dict:
-    results = {r["id"]: r for f in chunk_files for r in read_rows(f)}
+           chunk_rows: list[dict], t0: float) -> dict:
+    results = {r["id"]: r for r in chunk_rows}
     rejected: dict[str, dict] = {}
     for r in missing:
         rejected[r["id"]] = {"id": r["id"], "path": r["path"], "source": r["source"], "reason": "no_caption",
@@ -327,18 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.caption", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="run YAML (section caption)")
     args = ap.parse_args(argv)
-    setup_logging()
-    try:
+    chunked.setup_logging()
+
+    def body() -> None:
         run_cfg = load_config(args.config)
         if not (run_cfg.has("caption") or run_cfg.has("ingest_images")):
             log.info("%s has neither caption nor ingest_images: no images to caption, nothing to do", run_cfg.path)
-            return 0
-        cfg = run_cfg.section("caption", CaptionConfig)
-        run(cfg, run_cfg.run_dir, run_cfg.resolve)
-    except (ConfigError, CaptionError, ManifestError, IngestError, split.SplitError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
+            return
+        run(run_cfg.section("caption", CaptionConfig), run_cfg.run_dir, run_cfg.resolve)
+
+    return chunked.report_errors(log, body, (CaptionError, ManifestError, split.SplitError))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline import atomic
+from pipeline.chunked import DownloadSettings  # the ingest stages' one download-settings class
 from pipeline.config import ConfigError
 from pipeline.image_checks import EXTENSIONS, HEADER_BYTES, sniff_format
 from pipeline.manifest import stable_id
@@ -61,15 +62,6 @@ class ImageSource:
     def __post_init__(self):
         if not self.path:
             raise ValueError("a source needs a path")
-
-
-@dataclass
-class DownloadSettings:
-    timeout_s: float = 30.0
-    retries: int = 3
-    max_bytes: int = 64 << 20
-    backoff_s: float = 1.0
-    total_timeout_s: float | None = 300.0
 
 
 # ---------------------------------------------------------------- sources -> items (main process)

@@ -42,7 +42,7 @@ audio_only, unsupported_rotation, variable_frame_rate, too_small, too_short, dec
 timeout, download_failed, bad_record, no_suitable_file, duplicate_id, worker_crashed,
 internal_error.
 
-Sharding, resume and merge follow stage 10 (`pipeline.ingest_images`): chunk k of the sorted
+Sharding, resume and merge follow the chunk protocol of `pipeline.chunked`: chunk k of the sorted
 video list belongs to rank k % WORLD_SIZE and writes `chunks/chunk-NNNNNN.parquet` (clips),
 `.rejects.parquet` and last its done-marker, whose fingerprint covers the chunk's videos and
 every setting that changes the output. Rank 0 merges the chunks in order, so the outputs are
@@ -51,7 +51,6 @@ byte-identical whatever the number of ranks or interruptions.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -71,12 +70,12 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from pipeline import atomic
-from pipeline.config import ConfigError, load_config, to_dict
+from pipeline import chunked
+from pipeline.chunked import DownloadSettings
+from pipeline.config import ConfigError
 from pipeline.image_checks import IsolatingPool
-from pipeline.ingest_images import IngestError, chunk_is_current, fingerprint, wait_for_markers
-from pipeline.manifest import CLIP_COLUMNS, read_rows, stable_id, write_rows
-from pipeline.ranks import RankInfo, rank_info
+from pipeline.manifest import CLIP_COLUMNS, stable_id
+from pipeline.ranks import RankInfo
 from pipeline.video_io import VideoError, VideoInfo, cut_clips, probe
 
 log = logging.getLogger("ingest_videos")
@@ -96,11 +95,11 @@ class VideoSource:
 
 
 @dataclass
-class VideoDownloadSettings:
+class VideoDownloadSettings(DownloadSettings):
+    """The shared download settings with limits for videos (large files, slow servers)."""
+
     timeout_s: float = 60.0
-    retries: int = 3
     max_bytes: int = 4 << 30
-    backoff_s: float = 1.0
     total_timeout_s: float | None = 3600.0
 
 
@@ -419,159 +418,56 @@ def cut_video(video: Video, local: Path, info: VideoInfo, cut: CutSettings, clip
 
 # ---------------------------------------------------------------- the stage
 
-@dataclass
-class Layout:
-    out_dir: Path
-
-    @property
-    def chunks(self) -> Path:
-        return self.out_dir / "chunks"
-
-    def chunk(self, k: int) -> tuple[Path, Path, Path]:
-        base = self.chunks / f"chunk-{k:06d}"
-        return (base.with_suffix(".parquet"), base.with_name(base.name + ".rejects.parquet"),
-                base.with_suffix(".done"))
-
-    @property
-    def clips(self) -> Path:
-        return self.out_dir / "clips.parquet"
-
-    @property
-    def rejects(self) -> Path:
-        return self.out_dir / "rejects.parquet"
-
-    @property
-    def merged_marker(self) -> Path:
-        return self.out_dir / "ingest.done"
-
-
 def run(cfg: IngestVideosConfig, run_dir: Path, seed: int, resolve: Callable[[str], Path],
         ranks: RankInfo | None = None, merge_only: bool = False, config_name: str = "config") -> dict:
     """Ingest every source; returns the summary (of the merge on rank 0, of this rank's chunks otherwise)."""
-    if not cfg.sources:
-        raise ConfigError(f"{config_name}: ingest_videos.sources is empty; name at least one folder, urls "
-                          "or pexels source")
-    ranks = ranks or rank_info()
-    t0 = time.monotonic()
-    lay = Layout(run_dir / cfg.output_dir)
-    lay.chunks.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(lay.chunks)
+    chunked.require_sources(cfg.sources, config_name, "ingest_videos", "folder, urls or pexels")
+    out_dir = run_dir / cfg.output_dir
     cut = CutSettings(fps=cfg.fps, frames=cfg.frames, size=cfg.size, min_side=cfg.min_side, crop=cfg.crop,
                       max_clips_per_video=cfg.max_clips_per_video, variable_fps=cfg.variable_fps,
                       crf=cfg.crf, seed=seed)
     videos = list_videos(cfg.sources, resolve, cfg.extensions, cfg.min_side, cfg.frames / cfg.fps,
                          cfg.pexels_pick)
-    chunks = [videos[i:i + cfg.chunk_size] for i in range(0, len(videos), cfg.chunk_size)]
-    common = {"cut": dataclasses.asdict(cut), "out": str(lay.out_dir)}
-    fps = [fingerprint({**common, "videos": [dataclasses.astuple(v) for v in c]}) for c in chunks]
-    log.info("%d video(s) in %d chunk(s) of %d; rank %d of %d", len(videos), len(chunks), cfg.chunk_size,
-             ranks.rank, ranks.world_size)
+    chunks, plan = chunked.plan_chunks(videos, cfg.chunk_size, {"cut": dataclasses.asdict(cut), "out": str(out_dir)},
+                                       "videos", dataclasses.astuple, out_dir / "chunks", "ingest_videos", log, ranks,
+                                       "video")
+    target = chunked.MergeTarget(
+        rows=out_dir / "clips.parquet", rejects=out_dir / "rejects.parquet", marker=out_dir / "ingest.done",
+        row_columns=CLIP_COLUMNS, reject_columns=REJECT_COLUMNS, rows_key="clips", unit="videos",
+        nothing_usable=lambda s: (f"no usable video among {s['seen']} (rejected by reason: {s['rejected']}); "
+                                  f"the reasons per file are in {out_dir / 'rejects.parquet'}"))
+    process = functools.partial(_process_chunks, cfg, plan, target, cut, chunks)
     mine = {"seen": 0, "kept": 0, "clips": 0, "rejected": Counter()}
-    if not merge_only:
-        owned = [k for k in range(len(chunks)) if ranks.owns(k)]
-        todo = [k for k in owned if not chunk_is_current(lay.chunk(k)[2], fps[k])]
-        if len(owned) > len(todo):
-            log.info("skipping %d finished chunk(s)", len(owned) - len(todo))
-        _process_chunks(cfg, lay, cut, chunks, fps, todo, mine)
-        summary_line(f"ingest_videos rank {ranks.rank}/{ranks.world_size} (this run's chunks)", mine,
-                     time.monotonic() - t0)
-    if not ranks.is_main:
-        return {**mine, "rejected": dict(mine["rejected"])}
-    markers = [(lay.chunk(k)[2], fps[k]) for k in range(len(chunks))]
-    wait_for_markers(markers, 0.0 if merge_only else cfg.merge_timeout_s, "ingest_videos")
-    return _merge(lay, len(chunks), fps, t0)
+    return chunked.run_chunks(plan, merge_only, cfg.merge_timeout_s, "videos", process, mine,
+                              lambda: chunked.merge_ingest(plan, target))
 
 
-def _process_chunks(cfg: IngestVideosConfig, lay: Layout, cut: CutSettings, chunks, fps, todo: list[int],
-                    mine: dict) -> None:
+def main(argv: list[str] | None = None) -> int:
+    return chunked.ingest_main(argv, "pipeline.ingest_videos", __doc__, "ingest_videos", IngestVideosConfig, run, log,
+                               "ingest_videos: skipped, the config %s has no `ingest_videos` section",
+                               "only merge finished chunks (fails naming any that are missing)")
+
+
+def _process_chunks(cfg: IngestVideosConfig, plan: chunked.ChunkPlan, target: chunked.MergeTarget,
+                    cut: CutSettings, chunks, todo: list[int], mine: dict) -> None:
     if not todo:
         return
     total = sum(len(chunks[k]) for k in todo)
     pool = IsolatingPool(min(cfg.workers, total))
-    fn = functools.partial(process_video, cut=cut, dl=cfg.download, out_dir=str(lay.out_dir),
+    fn = functools.partial(process_video, cut=cut, dl=cfg.download, out_dir=str(plan.folder.parent),
                            timeout_s=cfg.video_timeout_s, stage_pid=os.getpid())
     try:
         with tqdm(total=total, desc="ingest videos", unit="video", mininterval=1.0, file=sys.stderr) as bar:
             for k in todo:
-                rows_path, rej_path, marker = lay.chunk(k)
-                marker.unlink(missing_ok=True)
+                plan.start(k)
                 results = pool.map(fn, chunks[k], on_crash=lambda v: _reject(
                     v, v.path or v.url or v.source, "worker_crashed", "the decoding process died on this video"),
                     progress=lambda: bar.update(1))
                 clips = [row for r in results for row in r["clips"]]
                 rejected = [r["reject"] for r in results if r["reject"] is not None]
-                write_rows(rows_path, clips, CLIP_COLUMNS)
-                write_rows(rej_path, rejected, REJECT_COLUMNS)
-                reasons = Counter(r["reason"] for r in rejected)
-                stats = {"seen": len(results), "kept": len(results) - len(rejected), "clips": len(clips),
-                         "rejected": dict(sorted(reasons.items()))}
-                atomic.mark_done(marker, {"fingerprint": fps[k], **stats})
-                for key in ("seen", "kept", "clips"):
-                    mine[key] += stats[key]
-                mine["rejected"].update(reasons)
+                chunked.save_chunk(plan, target, k, len(results), clips, rejected, mine)
     finally:
         pool.close()
-
-
-def _merge(lay: Layout, n_chunks: int, fps: list[str], t0: float) -> dict:
-    merged_fp = fingerprint(fps)
-    if chunk_is_current(lay.merged_marker, merged_fp) and lay.clips.is_file() and lay.rejects.is_file():
-        summary = atomic.read_json(lay.merged_marker)
-        log.info("clips already merged from these chunks (%s); not rewritten", lay.clips)
-        summary_line("ingest_videos", summary, time.monotonic() - t0)
-        return summary
-    clips: list[dict] = []
-    rejected: list[dict] = []
-    stats = Counter()
-    for k in range(n_chunks):
-        rows_path, rej_path, marker = lay.chunk(k)
-        clips += read_rows(rows_path)
-        rejected += read_rows(rej_path)
-        stats.update({key: atomic.read_json(marker)[key] for key in ("seen", "kept")})
-    for stale in sorted(lay.chunks.glob("chunk-*")):  # chunks of an earlier, longer listing
-        if int(stale.name[6:12]) >= n_chunks:
-            stale.unlink(missing_ok=True)
-    reasons = Counter(r["reason"] for r in rejected)
-    summary = {"fingerprint": merged_fp, "seen": stats["seen"], "kept": stats["kept"], "clips": len(clips),
-               "rejected": dict(sorted(reasons.items()))}
-    write_rows(lay.rejects, rejected, REJECT_COLUMNS)
-    if not clips:
-        raise IngestError(f"no usable video among {summary['seen']} (rejected by reason: {summary['rejected']}); "
-                          f"the reasons per file are in {lay.rejects}")
-    write_rows(lay.clips, clips, CLIP_COLUMNS)
-    atomic.mark_done(lay.merged_marker, summary)
-    summary_line("ingest_videos", summary, time.monotonic() - t0)
-    return summary
-
-
-def summary_line(what: str, s: dict, seconds: float) -> None:
-    rej = dict(s["rejected"])
-    log.info("%s: seen %d, kept %d (%d clips), rejected %d %s, %.1f s (%.2f videos/s)", what, s["seen"],
-             s["kept"], s["clips"], sum(rej.values()), json.dumps(dict(sorted(rej.items()))), seconds,
-             s["seen"] / seconds if seconds > 0 else 0.0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest_videos", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="run YAML (section ingest_videos)")
-    ap.add_argument("--merge-only", action="store_true",
-                    help="only merge finished chunks (fails naming any that are missing)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        run_cfg = load_config(args.config)
-        if not run_cfg.has("ingest_videos"):
-            log.info("ingest_videos: skipped, the config %s has no `ingest_videos` section", run_cfg.path)
-            return 0
-        cfg = run_cfg.section("ingest_videos", IngestVideosConfig, required=True)
-        log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
-        run(cfg, run_cfg.run_dir, run_cfg.seed, run_cfg.resolve, merge_only=args.merge_only,
-            config_name=str(run_cfg.path))
-    except (ConfigError, IngestError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,15 +23,14 @@ Pexels videos -> 40k kept) and says nothing more; the choices here:
 - No weights configured: the stage says so and writes kept.parquet = every clip, with
   `object_filter: unfiltered` (filtered runs write `passed`).
 
-Work is split like stage 15: chunk k of clips.parquet belongs to rank k % WORLD_SIZE and writes
-`filter_chunks/chunk-NNNNNN.parquet` (the detections) and last its done-marker (fingerprint: the
-chunk's clips and the detector settings, not the rule). Rank 0 merges in clip order and applies
-the rule. Uses CUDA (cuda:LOCAL_RANK) when available.
+Work follows the chunk protocol of `pipeline.chunked`: chunk k of clips.parquet belongs to rank
+k % WORLD_SIZE and writes `filter_chunks/chunk-NNNNNN.parquet` (the detections) and last its
+done-marker (fingerprint: the chunk's clips and the detector settings, not the rule). Rank 0 merges
+in clip order and applies the rule. Uses CUDA (cuda:LOCAL_RANK) when available.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -46,9 +45,9 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import atomic
+from pipeline import atomic, chunked
+from pipeline.chunked import fingerprint
 from pipeline.config import ConfigError, load_config, to_dict
-from pipeline.ingest_images import IngestError, chunk_is_current, fingerprint, wait_for_markers
 from pipeline.manifest import CLIP_COLUMNS, read_rows, write_rows
 from pipeline.ranks import RankInfo, rank_info
 from pipeline.video_io import VideoError, read_frames_at
@@ -387,108 +386,85 @@ def detect_clips(detector, clips: Sequence[dict], k: int, batch_size: int, progr
 # ---------------------------------------------------------------- the stage
 
 @dataclass
-class Layout:
+class Outputs:
     out_dir: Path
 
-    @property
-    def chunks(self) -> Path:
-        return self.out_dir / "filter_chunks"
-
-    def chunk(self, k: int) -> tuple[Path, Path]:
-        base = self.chunks / f"chunk-{k:06d}"
-        return base.with_suffix(".parquet"), base.with_suffix(".done")
-
-    @property
-    def stats(self) -> Path:
-        return self.out_dir / "filter_stats.parquet"
-
-    @property
-    def kept(self) -> Path:
-        return self.out_dir / "kept.parquet"
-
-    @property
-    def marker(self) -> Path:
-        return self.out_dir / "filter.done"
+    def __post_init__(self):
+        self.stats = self.out_dir / "filter_stats.parquet"  # detections and per-frame statistics
+        self.kept = self.out_dir / "kept.parquet"
+        self.marker = self.out_dir / "filter.done"
 
 
 def run(cfg: FilterConfig, run_dir: Path, resolve, ranks: RankInfo | None = None, merge_only: bool = False,
         retune: bool = False) -> dict:
     ranks = ranks or rank_info()
     t0 = time.monotonic()
-    lay = Layout(run_dir / cfg.output_dir)
+    out = Outputs(run_dir / cfg.output_dir)
     if retune:
-        return _retune(cfg, lay, run_dir, t0)
+        return _retune(cfg, out, run_dir, t0)
     clips = read_rows(run_dir / cfg.clips, CLIP_COLUMNS)
     if cfg.weights is None:
-        return _unfiltered(lay, clips, ranks)
+        return _unfiltered(out, clips, ranks)
     weights = resolve(cfg.weights)
     if not weights.is_file():
         raise ConfigError(f"filter.weights: Mask R-CNN weights not found: {weights}")
     st = weights.stat()
     detector_fp = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_DETECTOR}
     detector_fp["weights"] = [str(weights), st.st_size, st.st_mtime_ns]
-    chunks = [clips[i:i + cfg.chunk_size] for i in range(0, len(clips), cfg.chunk_size)]
-    fps = [fingerprint({**detector_fp, "clips": [(c["id"], c["path"]) for c in ch]}) for ch in chunks]
-    lay.chunks.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(lay.chunks)
-    log.info("%d clip(s) in %d chunk(s) of %d; rank %d of %d", len(clips), len(chunks), cfg.chunk_size,
-             ranks.rank, ranks.world_size)
+    chunks, plan = chunked.plan_chunks(clips, cfg.chunk_size, detector_fp, "clips", lambda c: (c["id"], c["path"]),
+                                       out.out_dir / "filter_chunks", "object filter", log, ranks, "clip")
     if not merge_only:
-        owned = [k for k in range(len(chunks)) if ranks.owns(k)]
-        todo = [k for k in owned if not chunk_is_current(lay.chunk(k)[1], fps[k])]
-        if len(owned) > len(todo):
-            log.info("skipping %d finished chunk(s)", len(owned) - len(todo))
+        todo = plan.todo()
         if todo:
-            detector = build_detector(cfg, weights, resolve, ranks.local_rank)
-            n_clips = sum(len(chunks[k]) for k in todo)
-            frames, t1 = 0, time.monotonic()
-            with tqdm(total=n_clips * cfg.frames_per_clip, desc="object filter", unit="frame", mininterval=1.0,
-                      file=sys.stderr) as bar:
-                for k in todo:
-                    rows_path, marker = lay.chunk(k)
-                    marker.unlink(missing_ok=True)
-                    rows = detect_clips(detector, chunks[k], cfg.frames_per_clip, cfg.batch_size, bar.update)
-                    write_rows(rows_path, rows, DETECTION_COLUMNS)
-                    atomic.mark_done(marker, {"fingerprint": fps[k], "clips": len(rows)})
-                    frames += sum(len(r["frame_times"]) for r in rows if not r["error"])
-            dt = time.monotonic() - t1
-            log.info("object filter rank %d/%d: %d frame(s) of %d clip(s) through the detector in %.1f s "
-                     "(%.2f frames/s)", ranks.rank, ranks.world_size, frames, n_clips, dt,
-                     frames / dt if dt > 0 else 0.0)
-    if not ranks.is_main:
+            _detect_chunks(cfg, plan, chunks, todo, build_detector(cfg, weights, resolve, ranks.local_rank), ranks)
+    if not ranks.is_main and not merge_only:
         return {"chunks": len(chunks)}
-    wait_for_markers([(lay.chunk(k)[1], fps[k]) for k in range(len(chunks))],
-                     0.0 if merge_only else cfg.merge_timeout_s, "object filter")
-    rows = [r for k in range(len(chunks)) for r in read_rows(lay.chunk(k)[0])]
-    for stale in sorted(lay.chunks.glob("chunk-*")):
-        if int(stale.name[6:12]) >= len(chunks):
-            stale.unlink(missing_ok=True)
-    return _write_decisions(lay, clips, rows, cfg.rule, cfg.record_min_score, fingerprint(fps), t0)
+    plan.wait(0.0 if merge_only else cfg.merge_timeout_s)
+    rows = plan.read_all()
+    plan.remove_stale()
+    return _write_decisions(out, clips, rows, cfg.rule, cfg.record_min_score, plan.merged_fingerprint, t0)
 
 
-def _write_decisions(lay: Layout, clips: list[dict], rows: list[dict], rule: RuleConfig, floor: float,
+def _detect_chunks(cfg: FilterConfig, plan: chunked.ChunkPlan, chunks, todo: list[int], detector,
+                   ranks: RankInfo) -> None:
+    n_clips = sum(len(chunks[k]) for k in todo)
+    frames, t1 = 0, time.monotonic()
+    with tqdm(total=n_clips * cfg.frames_per_clip, desc="object filter", unit="frame", mininterval=1.0,
+              file=sys.stderr) as bar:
+        for k in todo:
+            plan.start(k)
+            rows = detect_clips(detector, chunks[k], cfg.frames_per_clip, cfg.batch_size, bar.update)
+            write_rows(plan.rows(k), rows, DETECTION_COLUMNS)
+            plan.finish(k, {"clips": len(rows)})
+            frames += sum(len(r["frame_times"]) for r in rows if not r["error"])
+    dt = time.monotonic() - t1
+    log.info("object filter rank %d/%d: %d frame(s) of %d clip(s) through the detector in %.1f s "
+             "(%.2f frames/s)", ranks.rank, ranks.world_size, frames, n_clips, dt, frames / dt if dt > 0 else 0.0)
+
+
+def _write_decisions(out: Outputs, clips: list[dict], rows: list[dict], rule: RuleConfig, floor: float,
                      detections_fp: str, t0: float) -> dict:
     want = fingerprint([detections_fp, dataclasses.asdict(rule)])
-    if chunk_is_current(lay.marker, want) and lay.stats.is_file() and lay.kept.is_file():
-        summary = atomic.read_json(lay.marker)
-        log.info("decisions already written for these detections and this rule (%s); not rewritten", lay.kept)
+    summary = chunked.already_merged(out.marker, want, (out.stats, out.kept))
+    if summary is not None:
+        log.info("decisions already written for these detections and this rule (%s); not rewritten", out.kept)
         summary_line(summary, time.monotonic() - t0)
         return summary
     stats = apply_rule(rows, rule, floor)
     keep = {r["id"] for r in stats if r["keep"]}
     kept = [{**c, "object_filter": "passed"} for c in clips if c["id"] in keep]
-    write_rows(lay.stats, stats, DETECTION_COLUMNS)
-    write_rows(lay.kept, kept, CLIP_COLUMNS)
+    write_rows(out.stats, stats, DETECTION_COLUMNS)
+    write_rows(out.kept, kept, CLIP_COLUMNS)
     reasons = Counter(r["reason"] for r in stats if not r["keep"])
     summary = {"fingerprint": want, "detections": detections_fp, "mode": "filtered", "seen": len(stats),
                "kept": len(kept), "dropped": dict(sorted(reasons.items())),
                "frames": sum(len(r["frame_times"]) for r in stats)}
-    atomic.mark_done(lay.marker, summary)
+    atomic.mark_done(out.marker, summary)
     summary_line(summary, time.monotonic() - t0)
     return summary
 
 
-def _retune(cfg: FilterConfig, lay: Layout, run_dir: Path, t0: float) -> dict:
+def _retune(cfg: FilterConfig, lay: Outputs, run_dir: Path, t0: float) -> dict:
     """Re-apply the (changed) rule to the recorded detections; the detector is not built."""
     rows = read_rows(lay.stats, DETECTION_COLUMNS)
     floors = {r["record_min_score"] for r in rows}
@@ -503,7 +479,7 @@ def _retune(cfg: FilterConfig, lay: Layout, run_dir: Path, t0: float) -> dict:
     return _write_decisions(lay, clips, rows, cfg.rule, floor, marker.get("detections", fingerprint(rows)), t0)
 
 
-def _unfiltered(lay: Layout, clips: list[dict], ranks: RankInfo) -> dict:
+def _unfiltered(lay: Outputs, clips: list[dict], ranks: RankInfo) -> dict:
     if not ranks.is_main:
         log.info("object filter: skipped (no weights); rank %d has nothing to do", ranks.rank)
         return {"mode": "unfiltered"}
@@ -521,15 +497,14 @@ def summary_line(s: dict, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.object_filter", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="run YAML (section filter)")
-    ap.add_argument("--merge-only", action="store_true", help="only merge finished chunks and apply the rule")
+    ap = chunked.stage_parser("pipeline.object_filter", __doc__, "filter",
+                              "only merge finished chunks and apply the rule")
     ap.add_argument("--retune", action="store_true",
                     help="re-apply filter.rule to filter_stats.parquet without running the detector")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
+    chunked.setup_logging()
+
+    def body() -> None:
         run_cfg = load_config(args.config)
         cfg = run_cfg.section("filter", FilterConfig)
         clips = run_cfg.run_dir / cfg.clips
@@ -537,14 +512,12 @@ def main(argv: list[str] | None = None) -> int:
             if not run_cfg.has("ingest_videos"):
                 log.info("object filter: skipped, the config %s has no videos (no `ingest_videos` section)",
                          run_cfg.path)
-                return 0
+                return
             raise ConfigError(f"{clips}: no clip manifest; run stage 15 (ingest_videos) first")
         log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
         run(cfg, run_cfg.run_dir, run_cfg.resolve, merge_only=args.merge_only, retune=args.retune)
-    except (ConfigError, IngestError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
+
+    return chunked.report_errors(log, body)
 
 
 if __name__ == "__main__":

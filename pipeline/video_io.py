@@ -21,7 +21,9 @@ from pipeline import atomic
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
     """Write uint8 RGB frames [T, H, W, 3] as H.264 MP4 (yuv420p), atomically.
 
-    H and W must be even (yuv420p); `crf` 18 is visually lossless for our purposes.
+    H and W must be even (yuv420p); `crf` 18 is visually lossless for our purposes. The encoder
+    runs on one thread so that the same frames always give the same bytes (stages that cut clips
+    are checked byte for byte after a kill and re-run); stages get parallelism from processes.
     """
     import av
 
@@ -35,7 +37,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
@@ -226,6 +228,7 @@ def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | 
         if not container.streams.video:
             raise VideoError(path, "no_video_stream", "no video stream")
         stream = container.streams.video[0]
+        stream.thread_count = 1  # see below: reproducible bytes over decoder threads
         # FFmpeg's default (slice) threading, not frame threading: with frame-threaded decoding
         # running beside the x264 encoder of `cut_clips`, clip bytes varied between identical runs
         # (observed with PyAV 18.1), and clips must be byte-reproducible. Parallelism comes from
