@@ -255,6 +255,14 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
         start = int(state["step"])
         log.info("resumed from %s (step %d)", existing[-1], start)
 
+    if start >= sec.steps and vqgan_io.export_path(cfg).is_file():
+        # Finished earlier: the export already holds these weights; rewriting it would only change
+        # its metadata (and its sha256, which every token shard records).
+        if main_rank:
+            log.info("train_vqgan: already trained (%d of %d steps); keeping %s", start, sec.steps,
+                     vqgan_io.export_path(cfg))
+        return 0
+
     net = model
     d_net = disc
     if world > 1:

@@ -38,6 +38,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            stream.codec_context.thread_count = 1
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
@@ -228,7 +229,7 @@ def iter_frames_at(path: str | Path, times: Iterable[float], *, rotation: int | 
         if not container.streams.video:
             raise VideoError(path, "no_video_stream", "no video stream")
         stream = container.streams.video[0]
-        stream.thread_count = 1  # see below: reproducible bytes over decoder threads
+        stream.codec_context.thread_count = 1  # see below: reproducible bytes over decoder threads
         # FFmpeg's default (slice) threading, not frame threading: with frame-threaded decoding
         # running beside the x264 encoder of `cut_clips`, clip bytes varied between identical runs
         # (observed with PyAV 18.1), and clips must be byte-reproducible. Parallelism comes from

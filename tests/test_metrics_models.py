@@ -282,7 +282,9 @@ def test_evaluate_stage_values_skips_and_reference_cache(tmp_path, weights_dir, 
     out = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
 
     assert set(out["metrics"]) == {"block_fid", "inception_score", "fvd"}
-    assert out["skipped"] == {"clip_sim": "no CLIP model configured: set evaluate.clip_model"}
+    assert out["skipped"]["clip_sim"] == "no CLIP model configured: set evaluate.clip_model"
+    assert out["skipped"]["bits_per_token"].startswith("no trained renderer export at ")  # no stage 60 here
+    assert set(out["skipped"]) == {"clip_sim", "bits_per_token"}
     assert [b["path"].endswith("broken.png") for b in out["bad_inputs"]] == [True]
     sha_inception = out["weights"]["inception"]["sha256"]
     assert sha_inception == sha256_file(weights_dir / "pt_inception-fid.pth")
