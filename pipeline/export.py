@@ -58,6 +58,21 @@ def write_export(state: dict[str, torch.Tensor], cfg: RenderConfig, out_dir: str
     return weights
 
 
+def _existing_export(out_dir: str | Path, checkpoint: Path) -> Path | None:
+    """The export folder when it already holds an intact export of `checkpoint`, else None."""
+    out_dir = Path(out_dir)
+    try:
+        record = atomic.read_json(out_dir / CONFIG)
+    except (FileNotFoundError, ValueError):
+        return None
+    weights = out_dir / WEIGHTS
+    if record.get("checkpoint") != str(checkpoint) or not weights.is_file():
+        return None
+    if record.get("sha256") and record["sha256"] != atomic.sha256_file(weights):
+        return None
+    return out_dir
+
+
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
     """Export checkpoint `tag` (default: latest) of checkpoint_dir; the model config comes from the
     checkpoint's train_meta.json and the tokenizer from the path recorded there."""
@@ -65,6 +80,10 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str 
     tag = tag or store.latest_tag()
     if tag is None:
         raise CheckpointError(f"{Path(checkpoint_dir) / 'latest'}: no checkpoint to export")
+    done = _existing_export(out_dir, Path(checkpoint_dir) / tag)
+    if done is not None:  # a re-run of a finished stage: the export is already this checkpoint's
+        log.info("%s already holds the export of %s; not rewritten", done, tag)
+        return done
     meta = store.read_meta(tag)
     cfg = RenderConfig.from_dict(meta["model"])
     tok = meta.get("tokenizer_path")
