@@ -136,7 +136,7 @@ def _torch_load(path: Path, allow_unsafe_pickle: bool) -> Any:
             try:
                 with torch.serialization.safe_globals(stand_ins):
                     obj = torch.load(path, map_location="cpu", weights_only=True)
-                log.info("%s: Lightning bookkeeping objects %s read as inert placeholders", path, needed)
+                log.info("%s: Lightning bookkeeping objects %s read as inert stand-in classes", path, needed)
                 return obj
             except pickle.UnpicklingError:
                 pass  # fall through to the refusal (or the trusted full load)
