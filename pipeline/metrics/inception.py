@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
+from pipeline.metrics.weights import read_state_dict
+
 FID_CLASSES = 1008
 FEATURE_DIM = 2048
 
@@ -153,14 +155,7 @@ class InceptionFeatures(nn.Module):
 def load_inception(path: str | os.PathLike, input_size: int = 299) -> InceptionFeatures:
     """The feature extractor from a pytorch-fid or torchvision Inception-v3 state dict file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: Inception weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a loadable PyTorch weights file ({type(e).__name__}: {e})") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = read_state_dict(path, "Inception")
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise ValueError(f"{path}: not an Inception-v3 state dict (no 'fc.weight' entry)")
     fc = state["fc.weight"]
