@@ -35,6 +35,11 @@ class RenderConfig:
     rpe: Literal["pre", "post"] = "pre"
     # Ablation (Table 4d): with it off, stored states are computed with an empty context.
     context_transfer: bool = True
+    # A learnable vector per generation direction, added to every input token. Without it the
+    # first patch (empty pool) cannot tell which corner it is in: with the four paper directions
+    # it would be drawn from a mixture of the top-left, top-right and bottom-left patches of the
+    # data, and a landscape could start with ground at the top. Our addition; the paper is silent.
+    direction_embedding: bool = True
     # NAR never feeds real tokens to its loss pass, so its token embedding would receive no
     # gradient (it only makes the detached pool states); tying it to the output head trains it.
     tie_embeddings: bool = False

@@ -70,6 +70,11 @@ class Direction:
         return cls(axes)  # type: ignore[arg-type]
 
     @property
+    def index(self) -> int:
+        """A stable id in [0, NUM_DIRECTIONS): the position in all_directions(spatial_only=False)."""
+        return _INDEX[self.axes]
+
+    @property
     def name(self) -> str:
         return "-".join(WORD_OF[a] for a in self.axes)
 
@@ -141,3 +146,8 @@ def direction_for_extension(side: str) -> Direction:
     if side not in table:
         raise ValueError(f"extension side must be one of {sorted(table)}, got {side!r}")
     return Direction.parse(table[side])
+
+
+_INDEX = {d.axes: n for n, d in enumerate(all_directions(spatial_only=False))}
+NUM_DIRECTIONS = len(_INDEX)  # 3! axis orders x 2^3 signs = 48
+DEFAULT_DIRECTION = "down-right-forward"  # text-to-image's default order (memory flat in the width)

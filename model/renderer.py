@@ -17,6 +17,10 @@ states to store: for each layer l, the layer's input z^{l-1} at the patch's T re
   Gumbel noise on the confidences annealed from `temperature` to `pnar_temperature_end`. The
   states come from a pass over the real tokens, as for NAR.
 
+Direction: every call takes the generation direction (`model.directions.Direction` or its
+name; None means down-right-forward). With `direction_embedding` on, its learnable vector is
+added to every input token, so the model knows which corner an empty pool means (config.py).
+
 With context transfer off (Table 4d) the stored states are computed with an empty context.
 Every parameter takes part in every training forward, so each receives a gradient on every
 patch step, the first (empty pool) included: ZeRO stages 1-3 need this.
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 
 from model.blocks import RenderBlock, init_weights, scaled_residual_init
 from model.config import RenderConfig, SamplingConfig
+from model.directions import DEFAULT_DIRECTION, NUM_DIRECTIONS, Direction
 from model.pool import Context
 from model.sampling import guide, sample_logits
 from model.text import TextEncoder
@@ -65,6 +70,9 @@ class Renderer(nn.Module):
             self.query = nn.Parameter(torch.zeros(d))
         else:
             self.mask_emb = nn.Parameter(torch.zeros(d))
+        # A plain parameter of this module (not an nn.Embedding) so that ZeRO-3 gathers it with the
+        # other top-level parameters whenever forward runs.
+        self.dir_emb = nn.Parameter(torch.zeros(NUM_DIRECTIONS, d)) if cfg.direction_embedding else None
         self.text = TextEncoder(cfg) if cfg.has_text else None
         self.blocks = nn.ModuleList(RenderBlock(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
@@ -73,8 +81,8 @@ class Renderer(nn.Module):
         scaled_residual_init(self.blocks, cfg.n_layer)
         for p in (self.pos_row, self.pos_col, self.pos_frame):
             nn.init.normal_(p, std=0.02)
-        for name in ("bos", "query", "mask_emb"):
-            if hasattr(self, name):
+        for name in ("bos", "query", "mask_emb", "dir_emb"):
+            if getattr(self, name, None) is not None:
                 nn.init.normal_(getattr(self, name), std=0.02)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -107,9 +115,19 @@ class Renderer(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] != t:
             raise ValueError(f"a patch is [B, {t}] tokens for patch size {self.cfg.patch}, got {tuple(tokens.shape)}")
 
-    def _run(self, x: torch.Tensor, ctx: Context, text, causal: bool, cache: list | None = None):
+    def direction_vector(self, direction: Direction | str | None) -> torch.Tensor | None:
+        """The learnable vector of a generation direction, [D] (None without direction_embedding)."""
+        if self.dir_emb is None:
+            return None
+        return self.dir_emb[Direction.parse(direction or DEFAULT_DIRECTION).index]
+
+    def _run(self, x: torch.Tensor, ctx: Context, text, causal: bool, cache: list | None = None,
+             direction: Direction | str | None = None):
         """Run the blocks; returns the final hidden states and every block's input."""
         feats, key_mask = text if text is not None else (None, None)
+        dvec = self.direction_vector(direction)
+        if dvec is not None:
+            x = x + dvec
         inputs = []
         for l, block in enumerate(self.blocks):
             inputs.append(x)
@@ -130,14 +148,14 @@ class Renderer(nn.Module):
         return ctx if self.cfg.context_transfer else Context.empty(ctx.offsets.device)
 
     @torch.no_grad()
-    def _states(self, tokens: torch.Tensor, ctx: Context, text) -> list[torch.Tensor]:
+    def _states(self, tokens: torch.Tensor, ctx: Context, text, direction=None) -> list[torch.Tensor]:
         """The layer inputs at the real tokens, from a pass over the real tokens."""
         ctx = self._state_context(ctx)
         if self.cfg.renderer == "ar":
             x = torch.cat([self._bos(tokens.shape[0]), self._token_input(tokens)], dim=1)
-            _, inputs = self._run(x, ctx, text, causal=True)
+            _, inputs = self._run(x, ctx, text, causal=True, direction=direction)
             return [z[:, 1:].detach() for z in inputs]
-        _, inputs = self._run(self._token_input(tokens), ctx, text, causal=False)
+        _, inputs = self._run(self._token_input(tokens), ctx, text, causal=False, direction=direction)
         return [z.detach() for z in inputs]
 
     def draw_mask(self, rows: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -150,47 +168,51 @@ class Renderer(nn.Module):
 
     # --------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, context: Context, text_ids: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> RenderOutput:
+                text_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                direction: Direction | str | None = None) -> RenderOutput:
         self._check_tokens(tokens)
         rows, t = tokens.shape
         text = self.encode_text(text_ids, text_mask, rows, tokens.device)
         kind = self.cfg.renderer
         if kind == "ar":
             x = torch.cat([self._bos(rows), self._token_input(tokens)], dim=1)
-            h, inputs = self._run(x, context, text, causal=True)
+            h, inputs = self._run(x, context, text, causal=True, direction=direction)
             logits = self._logits(h[:, :t])
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
             if self.cfg.context_transfer:
                 states = [z[:, 1:].detach() for z in inputs]
             else:
-                states = self._states(tokens, context, text)
+                states = self._states(tokens, context, text, direction)
             return RenderOutput(loss, logits, states, rows * t)
         if kind == "nar":
             x = (self.query + self.positions()).expand(rows, -1, -1)
-            h, _ = self._run(x, context, text, causal=False)
+            h, _ = self._run(x, context, text, causal=False, direction=direction)
             logits = self._logits(h)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
-            return RenderOutput(loss, logits, self._states(tokens, context, text), rows * t)
+            return RenderOutput(loss, logits, self._states(tokens, context, text, direction), rows * t)
         mask = self.draw_mask(rows, generator, tokens.device)
         x = torch.where(mask[..., None], self.mask_emb, self.tok_emb(tokens)) + self.positions()
-        h, _ = self._run(x, context, text, causal=False)
+        h, _ = self._run(x, context, text, causal=False, direction=direction)
         logits = self._logits(h)
         loss = F.cross_entropy(logits[mask].float(), tokens[mask])
-        return RenderOutput(loss, logits, self._states(tokens, context, text), int(mask.sum()))
+        return RenderOutput(loss, logits, self._states(tokens, context, text, direction), int(mask.sum()))
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
     def states_for(self, tokens: torch.Tensor, context: Context, text_ids: torch.Tensor | None = None,
-                   text_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+                   text_mask: torch.Tensor | None = None,
+                   direction: Direction | str | None = None) -> list[torch.Tensor]:
         """Teacher-forced states of given tokens (to prime the pool from an existing image)."""
         self._check_tokens(tokens)
-        return self._states(tokens, context, self.encode_text(text_ids, text_mask, tokens.shape[0], tokens.device))
+        text = self.encode_text(text_ids, text_mask, tokens.shape[0], tokens.device)
+        return self._states(tokens, context, text, direction)
 
     @torch.no_grad()
     def render(self, context: Context, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
                batch: int | None = None, trace: list | None = None,
-               use_cache: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               use_cache: bool = True,
+               direction: Direction | str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Draw one patch. Returns tokens [B, T] and the states to store ([rows, T, D] per layer).
 
         With sampling.cfg_scale != 1 the rows are [cond; uncond] (2B), the context and captions
@@ -205,18 +227,18 @@ class Renderer(nn.Module):
         device = self.tok_emb.weight.device
         text = self.encode_text(text_ids, text_mask, rows, device)
         if self.cfg.renderer == "ar":
-            tokens, states = self._render_ar(context, text, s, generator, rows, trace, use_cache)
+            tokens, states = self._render_ar(context, text, s, generator, rows, trace, use_cache, direction)
         elif self.cfg.renderer == "nar":
             x = (self.query + self.positions()).expand(rows, -1, -1)
-            h, _ = self._run(x, context, text, causal=False)
+            h, _ = self._run(x, context, text, causal=False, direction=direction)
             logits = guide(self._logits(h), s.cfg_scale)
             tokens = sample_logits(logits, s.temperature, s.top_k, s.top_p, generator)
             states = None
         else:
-            tokens = self._render_pnar(context, text, s, generator, rows, trace)
+            tokens = self._render_pnar(context, text, s, generator, rows, trace, direction)
             states = None
         if states is None or not self.cfg.context_transfer:
-            states = self._states(self._both(tokens, s.cfg_scale), context, text)
+            states = self._states(self._both(tokens, s.cfg_scale), context, text, direction)
         return tokens, states
 
     @staticmethod
@@ -236,7 +258,7 @@ class Renderer(nn.Module):
             raise ValueError(f"classifier-free guidance needs [cond; uncond] rows, got an odd count {rows}")
         return rows
 
-    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True):
+    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True, direction=None):
         t_len = self.cfg.tokens_per_patch
         cache = [{"max_len": t_len + 1} for _ in self.blocks]
         pos = self.positions()
@@ -244,12 +266,12 @@ class Renderer(nn.Module):
         tokens, per_layer = [], [[] for _ in self.blocks]
         for t in range(t_len + 1):
             if use_cache:
-                h, inputs = self._run(x, ctx, text, causal=True, cache=cache)
+                h, inputs = self._run(x, ctx, text, causal=True, cache=cache, direction=direction)
             else:  # the whole prefix again; keep only the newest position
                 prefix = [self._bos(rows)]
                 if tokens:
                     prefix.append(self.tok_emb(self._both(torch.stack(tokens, 1), s.cfg_scale)) + pos[:t])
-                h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True)
+                h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True, direction=direction)
                 h, inputs = h[:, -1:], [z[:, -1:] for z in inputs]
             if t > 0:  # inputs at real token t-1: the states to store
                 for l, z in enumerate(inputs):
@@ -264,7 +286,7 @@ class Renderer(nn.Module):
             x = (self.tok_emb(self._both(tok, s.cfg_scale)) + pos[t])[:, None, :]
         return torch.stack(tokens, dim=1), [torch.cat(z, dim=1) for z in per_layer]
 
-    def _render_pnar(self, ctx, text, s: SamplingConfig, generator, rows, trace):
+    def _render_pnar(self, ctx, text, s: SamplingConfig, generator, rows, trace, direction=None):
         t_len = self.cfg.tokens_per_patch
         steps = s.pnar_steps or self.cfg.pnar_steps
         device = self.tok_emb.weight.device
@@ -275,7 +297,7 @@ class Renderer(nn.Module):
         for step in range(steps):
             m, tk = self._both(masked, s.cfg_scale), self._both(tokens, s.cfg_scale)
             x = torch.where(m[..., None], self.mask_emb, self.tok_emb(tk)) + pos
-            h, _ = self._run(x, ctx, text, causal=False)
+            h, _ = self._run(x, ctx, text, causal=False, direction=direction)
             logits = guide(self._logits(h), s.cfg_scale).float()
             drawn = sample_logits(logits, s.temperature, s.top_k, s.top_p, generator)
             conf = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]

@@ -332,10 +332,12 @@ def generate(renderer: Renderer, grid: Grid, direction: Direction | str, consume
         ctx = pool.context(coord, device)
         if given is not None and given.contains(coord, cfg.patch):
             tokens = given.tokens(coord, cfg.patch)
-            states = renderer.states_for(torch.cat([tokens, tokens]) if guided else tokens, ctx, ids, mask)
+            states = renderer.states_for(torch.cat([tokens, tokens]) if guided else tokens, ctx, ids, mask,
+                                         direction=direction)
             stats.patches_primed += 1
         else:
-            tokens, states = renderer.render(ctx, ids, mask, sampling, generator, batch=rows, use_cache=use_cache)
+            tokens, states = renderer.render(ctx, ids, mask, sampling, generator, batch=rows, use_cache=use_cache,
+                                            direction=direction)
             stats.patches_generated += 1
             stats.tokens_generated += tokens.numel()
         if slab is None:

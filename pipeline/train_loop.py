@@ -119,7 +119,7 @@ def train_batch(engine, micro_batches: list[MicroBatch], grid: Grid, direction: 
             lr_used = engine.get_lr()[0]
             steps_before = engine.global_steps
             out = engine(get_patch(mb.codes, coord, cfg.patch), ctx, mb.text_ids, mb.text_mask,
-                         generator=generator)
+                         generator=generator, direction=direction)
             engine.backward(out.loss)
             engine.step()
             if engine.global_steps != steps_before:  # an accumulation boundary: a real optimizer step

@@ -70,7 +70,7 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
         pool = ContextPool(grid, direction, cfg.expand)
         for p, coord in enumerate(schedule):
             out = renderer(get_patch(codes, coord, cfg.patch), pool.context(coord, device), text_ids, text_mask,
-                           generator=generator)
+                           generator=generator, direction=direction)
             nats = float(out.loss) * out.num_predicted
             total_nats += nats
             total_tokens += out.num_predicted

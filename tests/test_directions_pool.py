@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from model.directions import PAPER_DIRECTIONS, Direction, Grid, all_directions, direction_for_extension
+from model.directions import (
+    NUM_DIRECTIONS,
+    PAPER_DIRECTIONS,
+    Direction,
+    Grid,
+    all_directions,
+    direction_for_extension,
+)
 from model.pool import ContextPool, num_offsets, offset_index
 
 GRIDS = [Grid(h, w, f) for h in range(1, 8) for w in range(1, 8) for f in range(1, 5)]
@@ -86,3 +93,12 @@ def test_offset_index_covers_the_window_once():
     expand = (2, 1, 3)
     seen = {offset_index(o, expand) for o in itertools.product(range(-2, 3), range(-1, 2), range(-3, 4))}
     assert seen == set(range(num_offsets(expand))) and num_offsets(expand) == 5 * 3 * 7
+
+
+def test_direction_index_is_a_stable_bijection_over_all_orders():
+    dirs = all_directions(spatial_only=False)
+    assert NUM_DIRECTIONS == len(dirs) == 48
+    assert sorted(d.index for d in dirs) == list(range(NUM_DIRECTIONS))
+    for d in dirs:
+        assert Direction.parse(d.name).index == d.index
+    assert Direction.parse("down-right").index == Direction.parse("down-right-forward").index

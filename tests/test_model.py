@@ -1,10 +1,12 @@
 """The rendering model: causality, the AR cache, locality, gradients, P-NAR decoding, sizes."""
 
+from itertools import combinations
+
 import pytest
 import torch
 
 from model.config import SamplingConfig, preset
-from model.directions import Direction
+from model.directions import PAPER_DIRECTIONS, Direction
 from model.patches import get_patch, patch_grid, put_patch
 from model.pool import Context, ContextPool
 from model.renderer import Renderer
@@ -32,7 +34,8 @@ def fill_pool(model, codes, direction, upto, ids=None, mask=None):
     for coord in d.schedule(grid):
         if coord == upto:
             return pool, pool.context(coord)
-        states = model.states_for(get_patch(codes, coord, model.cfg.patch), pool.context(coord), ids, mask)
+        states = model.states_for(get_patch(codes, coord, model.cfg.patch), pool.context(coord), ids, mask,
+                                  direction=d)
         pool.add(coord, states)
         pool.remove(coord)
     raise AssertionError("upto not in grid")
@@ -188,8 +191,29 @@ def test_preset_sizes_match_the_paper():
 
 @pytest.mark.parametrize("rpe", ["pre", "post"])
 def test_ar_sampling_with_and_without_cache_draws_the_same_codes(rpe):
-    m, ids, mask, ctx = ar_context(rpe, (2, 1, 8, 8), "right-down-forward")
-    a, sa = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5))
-    b, sb = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), use_cache=False)
+    d = "right-down-forward"
+    m, ids, mask, ctx = ar_context(rpe, (2, 1, 8, 8), d)
+    a, sa = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), direction=d)
+    b, sb = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), use_cache=False,
+                     direction=d)
     assert torch.equal(a, b)
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(sa, sb))
+
+
+@pytest.mark.parametrize("kind", ["ar", "nar", "pnar"])
+def test_direction_embedding_tells_the_first_patch_which_corner_it_is(kind):
+    # With an empty pool the direction is the only thing that says where the patch is.
+    ids, mask = text()
+    tok = torch.randint(0, 256, (2, 16))
+
+    def logits(model, d):
+        return model(tok, Context.empty(), ids, mask, generator=torch.Generator().manual_seed(0), direction=d).logits
+
+    on = make(kind)
+    by_dir = {d: logits(on, d) for d in PAPER_DIRECTIONS}
+    assert all(not torch.allclose(by_dir[a], by_dir[b]) for a, b in combinations(PAPER_DIRECTIONS, 2))
+    assert torch.equal(logits(on, None), by_dir["down-right-forward"])  # None means the default order
+    off = make(kind, direction_embedding=False)
+    assert off.dir_emb is None
+    first = logits(off, PAPER_DIRECTIONS[0])
+    assert all(torch.equal(first, logits(off, d)) for d in PAPER_DIRECTIONS[1:])
