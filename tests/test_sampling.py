@@ -38,6 +38,8 @@ def sharpen(model, std=0.2):
         for name, p in model.named_parameters():
             if p.dim() == 2 and name.startswith("blocks."):
                 p.mul_(std / p.std())
+        if model.dir_emb is not None:  # a random direction vector is a constant shift of every token that can
+            model.dir_emb.zero_()  # swamp a random model's greedy output; trained, it is what tells corners apart
     return model
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from model.config import SamplingConfig, preset
 from model.directions import Direction, Grid
@@ -42,8 +43,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE strings to a dict, values read as YAML scalars (numbers, booleans, lists)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def build(args, kind: str, device: torch.device) -> Renderer:
-    overrides = {"renderer": kind, "tie_embeddings": kind == "nar", "text_vocab_size": 0}
+    overrides = {**args.set, "renderer": kind, "tie_embeddings": kind == "nar", "text_vocab_size": 0}
     if args.patch:
         overrides["patch"] = (args.patch[0], args.patch[1], 1)
     torch.manual_seed(0)
@@ -183,7 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pnar-steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ar_cache", "parallel", "memory", "images"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model config overrides on the preset, e.g. d_model=256 n_layer=4 n_head=4")
     args = ap.parse_args(argv)
+    args.set = parse_overrides(args.set)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is available")
@@ -192,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     args.preset = args.preset or ("base" if cuda else "tiny")
     args.batches = args.batches or ([1, 8, 32] if cuda else [1])
-    cfg = build(args, "ar", torch.device("cpu")).cfg
+    reference = build(args, "ar", torch.device("cpu"))
+    cfg = reference.cfg
     if args.rows is None or args.train_width is None:
         # base: the paper's 1024 x 1024 training images are 4 x 4 patches of 256 pixels
         args.rows = args.rows or (4 if args.preset != "tiny" else 2)
@@ -201,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     vq = VQGAN(vq_preset(vq_name, n_embed=cfg.vocab_size)).to(device).eval()
     result = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "preset": args.preset, "patch": list(cfg.patch), "expand": list(cfg.expand),
+              "torch": torch.__version__, "preset": args.preset, "overrides": args.set,
+              "parameters": reference.num_parameters(), "patch": list(cfg.patch), "expand": list(cfg.expand),
               "vqgan": vq_name, "rows": args.rows, "train_width": args.train_width}
     with torch.inference_mode():
         if "ar_cache" not in args.skip:

@@ -1,0 +1,24 @@
+"""The sampler benchmark runs on the CPU and honours model overrides (figures themselves are not asserted)."""
+
+import pytest
+
+from pipeline.bench.sample import main, parse_overrides
+
+
+def test_overrides_are_read_as_yaml_scalars_and_bad_ones_are_refused():
+    assert parse_overrides(["d_model=96", "n_layer=3", "rpe=post"]) == {"d_model": 96, "n_layer": 3, "rpe": "post"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["d_model"])
+
+
+def test_ar_cache_benchmark_on_an_overridden_model(one_thread):
+    base = main(["--skip", "parallel", "memory", "--repeats", "1"])
+    wider = main(["--skip", "parallel", "memory", "--repeats", "1", "--set", "d_model=96", "n_head=4"])
+    assert wider["overrides"] == {"d_model": 96, "n_head": 4}
+    assert wider["parameters"] > base["parameters"]
+    (row,) = wider["ar_cache"]
+    assert row["context_patches"] > 0  # an interior patch: the window is full
+    for way in ("cache", "sliding_window"):
+        assert row[way]["seconds_per_patch"] > 0 and row[way]["tokens_per_s"] > 0
+    assert row["speedup"] == pytest.approx(row["cache"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"],
+                                           rel=0.01)
