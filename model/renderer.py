@@ -122,10 +122,12 @@ class Renderer(nn.Module):
         return self.dir_emb[Direction.parse(direction or DEFAULT_DIRECTION).index]
 
     def _run(self, x: torch.Tensor, ctx: Context, text, causal: bool, cache: list | None = None,
-             direction: Direction | str | None = None):
-        """Run the blocks; returns the final hidden states and every block's input."""
+             dvec: torch.Tensor | None = None):
+        """Run the blocks; returns the final hidden states and every block's input.
+
+        `dvec` is the direction vector, looked up once per patch by the public entry points (the AR
+        decoder calls this once per token)."""
         feats, key_mask = text if text is not None else (None, None)
-        dvec = self.direction_vector(direction)
         if dvec is not None:
             x = x + dvec
         inputs = []
@@ -148,14 +150,14 @@ class Renderer(nn.Module):
         return ctx if self.cfg.context_transfer else Context.empty(ctx.offsets.device)
 
     @torch.no_grad()
-    def _states(self, tokens: torch.Tensor, ctx: Context, text, direction=None) -> list[torch.Tensor]:
+    def _states(self, tokens: torch.Tensor, ctx: Context, text, dvec=None) -> list[torch.Tensor]:
         """The layer inputs at the real tokens, from a pass over the real tokens."""
         ctx = self._state_context(ctx)
         if self.cfg.renderer == "ar":
             x = torch.cat([self._bos(tokens.shape[0]), self._token_input(tokens)], dim=1)
-            _, inputs = self._run(x, ctx, text, causal=True, direction=direction)
+            _, inputs = self._run(x, ctx, text, causal=True, dvec=dvec)
             return [z[:, 1:].detach() for z in inputs]
-        _, inputs = self._run(self._token_input(tokens), ctx, text, causal=False, direction=direction)
+        _, inputs = self._run(self._token_input(tokens), ctx, text, causal=False, dvec=dvec)
         return [z.detach() for z in inputs]
 
     def draw_mask(self, rows: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -173,29 +175,30 @@ class Renderer(nn.Module):
         self._check_tokens(tokens)
         rows, t = tokens.shape
         text = self.encode_text(text_ids, text_mask, rows, tokens.device)
+        dvec = self.direction_vector(direction)
         kind = self.cfg.renderer
         if kind == "ar":
             x = torch.cat([self._bos(rows), self._token_input(tokens)], dim=1)
-            h, inputs = self._run(x, context, text, causal=True, direction=direction)
+            h, inputs = self._run(x, context, text, causal=True, dvec=dvec)
             logits = self._logits(h[:, :t])
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
             if self.cfg.context_transfer:
                 states = [z[:, 1:].detach() for z in inputs]
             else:
-                states = self._states(tokens, context, text, direction)
+                states = self._states(tokens, context, text, dvec)
             return RenderOutput(loss, logits, states, rows * t)
         if kind == "nar":
             x = (self.query + self.positions()).expand(rows, -1, -1)
-            h, _ = self._run(x, context, text, causal=False, direction=direction)
+            h, _ = self._run(x, context, text, causal=False, dvec=dvec)
             logits = self._logits(h)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
-            return RenderOutput(loss, logits, self._states(tokens, context, text, direction), rows * t)
+            return RenderOutput(loss, logits, self._states(tokens, context, text, dvec), rows * t)
         mask = self.draw_mask(rows, generator, tokens.device)
         x = torch.where(mask[..., None], self.mask_emb, self.tok_emb(tokens)) + self.positions()
-        h, _ = self._run(x, context, text, causal=False, direction=direction)
+        h, _ = self._run(x, context, text, causal=False, dvec=dvec)
         logits = self._logits(h)
         loss = F.cross_entropy(logits[mask].float(), tokens[mask])
-        return RenderOutput(loss, logits, self._states(tokens, context, text, direction), int(mask.sum()))
+        return RenderOutput(loss, logits, self._states(tokens, context, text, dvec), int(mask.sum()))
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -205,7 +208,7 @@ class Renderer(nn.Module):
         """Teacher-forced states of given tokens (to prime the pool from an existing image)."""
         self._check_tokens(tokens)
         text = self.encode_text(text_ids, text_mask, tokens.shape[0], tokens.device)
-        return self._states(tokens, context, text, direction)
+        return self._states(tokens, context, text, self.direction_vector(direction))
 
     @torch.no_grad()
     def render(self, context: Context, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
@@ -226,19 +229,20 @@ class Renderer(nn.Module):
         rows = self._rows(context, text_ids, batch, s.cfg_scale)
         device = self.tok_emb.weight.device
         text = self.encode_text(text_ids, text_mask, rows, device)
+        dvec = self.direction_vector(direction)
         if self.cfg.renderer == "ar":
-            tokens, states = self._render_ar(context, text, s, generator, rows, trace, use_cache, direction)
+            tokens, states = self._render_ar(context, text, s, generator, rows, trace, use_cache, dvec)
         elif self.cfg.renderer == "nar":
             x = (self.query + self.positions()).expand(rows, -1, -1)
-            h, _ = self._run(x, context, text, causal=False, direction=direction)
+            h, _ = self._run(x, context, text, causal=False, dvec=dvec)
             logits = guide(self._logits(h), s.cfg_scale)
             tokens = sample_logits(logits, s.temperature, s.top_k, s.top_p, generator)
             states = None
         else:
-            tokens = self._render_pnar(context, text, s, generator, rows, trace, direction)
+            tokens = self._render_pnar(context, text, s, generator, rows, trace, dvec)
             states = None
         if states is None or not self.cfg.context_transfer:
-            states = self._states(self._both(tokens, s.cfg_scale), context, text, direction)
+            states = self._states(self._both(tokens, s.cfg_scale), context, text, dvec)
         return tokens, states
 
     @staticmethod
@@ -258,7 +262,7 @@ class Renderer(nn.Module):
             raise ValueError(f"classifier-free guidance needs [cond; uncond] rows, got an odd count {rows}")
         return rows
 
-    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True, direction=None):
+    def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True, dvec=None):
         t_len = self.cfg.tokens_per_patch
         cache = [{"max_len": t_len + 1} for _ in self.blocks]
         pos = self.positions()
@@ -266,12 +270,12 @@ class Renderer(nn.Module):
         tokens, per_layer = [], [[] for _ in self.blocks]
         for t in range(t_len + 1):
             if use_cache:
-                h, inputs = self._run(x, ctx, text, causal=True, cache=cache, direction=direction)
+                h, inputs = self._run(x, ctx, text, causal=True, cache=cache, dvec=dvec)
             else:  # the whole prefix again; keep only the newest position
                 prefix = [self._bos(rows)]
                 if tokens:
                     prefix.append(self.tok_emb(self._both(torch.stack(tokens, 1), s.cfg_scale)) + pos[:t])
-                h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True, direction=direction)
+                h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True, dvec=dvec)
                 h, inputs = h[:, -1:], [z[:, -1:] for z in inputs]
             if t > 0:  # inputs at real token t-1: the states to store
                 for l, z in enumerate(inputs):
@@ -286,7 +290,7 @@ class Renderer(nn.Module):
             x = (self.tok_emb(self._both(tok, s.cfg_scale)) + pos[t])[:, None, :]
         return torch.stack(tokens, dim=1), [torch.cat(z, dim=1) for z in per_layer]
 
-    def _render_pnar(self, ctx, text, s: SamplingConfig, generator, rows, trace, direction=None):
+    def _render_pnar(self, ctx, text, s: SamplingConfig, generator, rows, trace, dvec=None):
         t_len = self.cfg.tokens_per_patch
         steps = s.pnar_steps or self.cfg.pnar_steps
         device = self.tok_emb.weight.device
@@ -297,7 +301,7 @@ class Renderer(nn.Module):
         for step in range(steps):
             m, tk = self._both(masked, s.cfg_scale), self._both(tokens, s.cfg_scale)
             x = torch.where(m[..., None], self.mask_emb, self.tok_emb(tk)) + pos
-            h, _ = self._run(x, ctx, text, causal=False, direction=direction)
+            h, _ = self._run(x, ctx, text, causal=False, dvec=dvec)
             logits = guide(self._logits(h), s.cfg_scale).float()
             drawn = sample_logits(logits, s.temperature, s.top_k, s.top_p, generator)
             conf = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]

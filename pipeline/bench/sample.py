@@ -43,9 +43,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DOWN_RIGHT = Direction.parse("down-right")  # parsed once: render() runs per token
-
-
 def parse_overrides(items: list[str]) -> dict:
     """KEY=VALUE strings to a dict, values read as YAML scalars (numbers, booleans, lists)."""
     out = {}
@@ -92,11 +89,11 @@ def bench_ar_cache(args, device) -> list[dict]:
         row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
         for use_cache in (True, False):
             g = torch.Generator(device=device).manual_seed(0)
-            model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=DOWN_RIGHT)  # warm-up
+            model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction="down-right")  # warm-up
             _sync(device)
             start = time.perf_counter()
             for _ in range(args.repeats):
-                model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=DOWN_RIGHT)
+                model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction="down-right")
             _sync(device)
             seconds = (time.perf_counter() - start) / args.repeats
             row["cache" if use_cache else "sliding_window"] = {
