@@ -51,6 +51,11 @@ def check_token_set(folder: str | Path, cfg: RenderConfig, global_batch: int) ->
     if meta.vocab_size > cfg.vocab_size:
         raise DataError(f"{folder / 'meta.json'}: token ids outside the codebook: the token set was made with "
                         f"{meta.vocab_size} codes but the model's vocab_size is {cfg.vocab_size}")
+    if meta.vocab_size < cfg.vocab_size:
+        # It would train, but the sampler decodes with this VQGAN and needs vocab_size == its codes:
+        # say so now rather than after the run.
+        raise DataError(f"{folder / 'meta.json'}: the token set was made by a VQGAN with {meta.vocab_size} codes "
+                        f"but the model's vocab_size is {cfg.vocab_size}; set model.vocab_size: {meta.vocab_size}")
     try:
         grid = patch_grid(tuple(meta.grid), cfg.patch)
     except ValueError as e:

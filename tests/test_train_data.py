@@ -143,6 +143,11 @@ def test_codebook_larger_than_model_vocab(tmp_path):
     assert_check_rejects(folder, "token ids outside the codebook.*1024 codes.*vocab_size is 256", 4)
 
 
+def test_codebook_smaller_than_model_vocab(tmp_path):
+    folder = make_token_set(tmp_path / "t", vocab=64)
+    assert_check_rejects(folder, "VQGAN with 64 codes but the model's vocab_size is 256; set model.vocab_size: 64", 4)
+
+
 def test_grid_that_does_not_divide_into_patches(tmp_path):
     folder = make_token_set(tmp_path / "t", grid=(1, 8, 10))
     assert_check_rejects(folder, r"meta.json: code grid f x h x w = 1 x 8 x 10 does not divide", 4)
