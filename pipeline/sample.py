@@ -295,7 +295,7 @@ class Sampler:
             decoder = ImageStreamDecoder(self.vqgan, code_hw, canvases.arrays, axis, chunk, margin, ledger)
             writer = None
             if self.sec.save_codes:
-                writer = CodeFileWriter([s.with_suffix(".codes.npy") for s in stems], (1, *code_hw),
+                writer = CodeFileWriter([beside(s, ".codes.npy") for s in stems], (1, *code_hw),
                                         self.renderer.cfg.vocab_size)
             stats = generate(self.renderer, grid, direction, Tee(*[c for c in (decoder, writer) if c]),
                              text_ids=ids, text_mask=mask, batch=len(stems), sampling=sampling, generator=gen,
@@ -304,7 +304,7 @@ class Sampler:
             if writer is not None:
                 writer.finish()
             for canvas, stem in zip(canvases.arrays, stems):
-                write_png(stem.with_suffix(".png"), canvas)
+                write_png(beside(stem, ".png"), canvas)
         return {**stats.to_dict(), "decode": {"chunk": chunk, "margin": margin}}
 
 
@@ -316,6 +316,12 @@ def pick_device(kind: str, cfg: RunConfig) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{cfg.path}: sample.device is {kind!r} but no CUDA device is available")
     return dev
+
+
+def beside(stem: Path, ext: str) -> Path:
+    """`stem` + `ext`. Not Path.with_suffix, which would cut a name such as "wide-0.8" at its dot
+    and let two jobs write the same file."""
+    return stem.with_name(stem.name + ext)
 
 
 def _done(json_path: Path, settings: dict) -> bool:
@@ -385,7 +391,7 @@ def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         codes = encode_frame(s.vqgan, picture, s.renderer.cfg.patch, where=f"{where}.input")
         return s.image(grid, direction, [stem], [job.prompt], sampling, seed, where, GivenCodes(codes, origin))
 
-    _emit(stem.with_suffix(".png"), settings, summary, make)
+    _emit(beside(stem, ".png"), settings, summary, make)
 
 
 def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
@@ -411,15 +417,15 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
                     for r, (p, _, _) in enumerate(group)]
         if not _mine(summary):
             continue
-        if all(_done(stem.with_suffix(".json"), st) for (_, _, stem), st in zip(group, settings)):
+        if all(_done(beside(stem, ".json"), st) for (_, _, stem), st in zip(group, settings)):
             summary["skipped"] += len(group)
             continue
         started = time.perf_counter()
         stats = s.image(grid, direction, [stem for _, _, stem in group], [p for p, _, _ in group], sampling,
                         group_seed, where)
         for (_, _, stem), st in zip(group, settings):
-            _write_sidecar(stem.with_suffix(".json"), st, stats, time.perf_counter() - started)
-            summary["written"].append(str(stem.with_suffix(".png")))
+            _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
+            summary["written"].append(str(beside(stem, ".png")))
 
 
 def _mine(summary: dict) -> bool:

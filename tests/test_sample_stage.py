@@ -51,7 +51,8 @@ def test_batch_from_a_prompt_file_writes_one_image_and_json_per_prompt(tmp_path,
     root, _ = models
     (tmp_path / "prompts.txt").write_text("a red barn\n\nsnow on pines\nthe sea at night\n")
     (tmp_path / "more.jsonl").write_text('{"prompt": "a desert road", "name": "road", "seed": 11}\n'
-                                         'not json\n{"prompt": "dunes"}\n')
+                                         'not json\n{"prompt": "dunes"}\n'
+                                         '{"prompt": "fog", "name": "t0.5"}\n{"prompt": "fog", "name": "t0.9"}\n')
     jobs = [{"name": "plain", "mode": "batch", "prompts_file": "prompts.txt", "size": [16, 24], "batch_size": 2},
             {"name": "lines", "mode": "batch", "prompts_file": "more.jsonl", "patches": [2, 2],
              "sampling": {"temperature": 0.5, "top_k": 20}}]
@@ -70,16 +71,18 @@ def test_batch_from_a_prompt_file_writes_one_image_and_json_per_prompt(tmp_path,
         assert meta["models"]["renderer"]["sha256"] and meta["models"]["vqgan"]["sha256"]
         assert meta["batch"] == {"size": 2 if i < 2 else 1, "row": i % 2}
     assert prompts == ["a red barn", "snow on pines", "the sea at night"]
-    assert sorted(p.name for p in (out / "lines").iterdir()) == ["00002.json", "00002.png", "road.json", "road.png"]
+    # names with dots keep them: "t0.5" and "t0.9" are two outputs, not one file "t0.png" written twice
+    assert sorted(p.name for p in (out / "lines").iterdir()) == [
+        "00002.json", "00002.png", "road.json", "road.png", "t0.5.json", "t0.5.png", "t0.9.json", "t0.9.png"]
     road = json.loads((out / "lines" / "road.json").read_text())
     assert road["seed"] == 11 and road["sampling"]["top_k"] == 20 and road["prompt"] == "a desert road"
     done = json.loads((out / ".done.json").read_text())
-    assert len(done["written"]) == 5 and done["rejected_prompts"][0]["line"] == 2
+    assert len(done["written"]) == 7 and done["rejected_prompts"][0]["line"] == 2
     # a second run finds every output with the same settings and redoes nothing
     before = (out / "plain" / "00000.png").stat().st_mtime_ns
     assert sample.main(["--config", str(cfg)]) == 0
     done = json.loads((out / ".done.json").read_text())
-    assert done["written"] == [] and done["skipped"] == 5
+    assert done["written"] == [] and done["skipped"] == 7
     assert (out / "plain" / "00000.png").stat().st_mtime_ns == before
     assert not list(out.rglob(".canvas-*")) and not list(out.rglob("*.tmp"))
 
