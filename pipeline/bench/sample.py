@@ -37,6 +37,10 @@ from model.vqgan import preset as vq_preset
 from pipeline.sampling import CodeCollector, MemoryLedger, generate, slab_axis
 from pipeline.vq_decode_stream import Canvases, ImageStreamDecoder, write_png
 
+# Every part of the bench walks the grid in one order: the cache bench primes the pool in it and
+# renders in it, so the two must not drift apart.
+ORDER = "down-right"
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -68,7 +72,7 @@ def primed_context(model: Renderer, rows: int, batch: int, device: torch.device)
     eh, ew, _ = model.cfg.expand
     grid = Grid(rows, ew + 2)
     target = (min(rows - 1, eh), ew, 0)
-    d = Direction.parse("down-right")
+    d = Direction.parse(ORDER)
     pool = ContextPool(grid, d, model.cfg.expand)
     codes = torch.randint(0, model.cfg.vocab_size, (batch, 1, rows * hp, grid.W * wp), device=device)
     for n in range(len(grid)):
@@ -89,11 +93,11 @@ def bench_ar_cache(args, device) -> list[dict]:
         row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
         for use_cache in (True, False):
             g = torch.Generator(device=device).manual_seed(0)
-            model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction="down-right")  # warm-up
+            model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=ORDER)  # warm-up
             _sync(device)
             start = time.perf_counter()
             for _ in range(args.repeats):
-                model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction="down-right")
+                model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=ORDER)
             _sync(device)
             seconds = (time.perf_counter() - start) / args.repeats
             row["cache" if use_cache else "sliding_window"] = {
@@ -110,8 +114,8 @@ def bench_parallel(args, device) -> dict:
     for kind in ("nar", "pnar"):
         model = build(args, kind, device)
         sampling = SamplingConfig(pnar_steps=args.pnar_steps)
-        generate(model, Grid(1, 1), "down-right", CodeCollector(), sampling=sampling)  # warm-up
-        stats = generate(model, grid, "down-right", CodeCollector(), sampling=sampling,
+        generate(model, Grid(1, 1), ORDER, CodeCollector(), sampling=sampling)  # warm-up
+        stats = generate(model, grid, ORDER, CodeCollector(), sampling=sampling,
                          generator=torch.Generator(device=device).manual_seed(0))
         out[kind] = {"patches": len(grid), "seconds": round(stats.seconds, 3),
                      "patches_per_s": round(len(grid) / stats.seconds, 2),
@@ -152,7 +156,7 @@ def bench_memory(args, device, vq) -> list[dict]:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            r = stream_image(model, vq, grid, "down-right", Path(tmp), device, ledger)
+            r = stream_image(model, vq, grid, ORDER, Path(tmp), device, ledger)
             row = {"width_x": mult, "grid": [grid.H, grid.W], "pixels": r["pixels"],
                    "sampler_peak_bytes": ledger.peak, "at_peak": ledger.peak_breakdown,
                    "seconds": r["generate_and_decode_s"]}
@@ -173,7 +177,7 @@ def bench_images(args, device, vq) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for h_px, w_px in ((1024, 1024), (1024, 4096)):
             grid = Grid(h_px // (hp * f), w_px // (wp * f))
-            r = stream_image(model, vq, grid, "down-right", Path(tmp), device, MemoryLedger(), png=True)
+            r = stream_image(model, vq, grid, ORDER, Path(tmp), device, MemoryLedger(), png=True)
             out.append({"pixels": [h_px, w_px], "grid": [grid.H, grid.W], "patches": len(grid),
                         "generate_and_decode_s": r["generate_and_decode_s"], "with_png_s": r["total_s"],
                         "sampling_s": round(r["stats"].seconds, 3),
