@@ -12,6 +12,10 @@ first patch (empty pool) included, as ZeRO requires.
 
 Attention runs through `F.scaled_dot_product_attention`. Keys are ordered [context, own]: the
 own part is causal for AR and full for NAR / P-NAR; every query sees the whole context.
+
+AR sampling does not call `forward` per token: `prefill` computes a patch's context (and caption)
+keys and values once, and `decode` runs one token against them with shapes fixed for the whole
+patch (model.decoding compiles that step or captures it as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -79,15 +83,17 @@ class ContextSelfAttention(nn.Module):
         k, v = self.attn.keys_values(ctx, self.table[offsets])
         return k, v, None
 
-    def forward(self, x: torch.Tensor, ctx_kv: tuple | None, causal: bool, cache: dict | None = None):
-        k, v = self.attn.keys_values(x, None if self.post else self.table[self.center])
-        if cache is not None:
-            return self._decode_step(x, k, v, ctx_kv, causal, cache)
+    def forward(self, x: torch.Tensor, ctx_kv: tuple | None, causal: bool):
+        k, v = self.attn.keys_values(x, self._own_key_add())
         n_ctx = 0 if ctx_kv is None else ctx_kv[0].shape[2]
         if ctx_kv is not None:
             k, v = torch.cat([ctx_kv[0], k], dim=2), torch.cat([ctx_kv[1], v], dim=2)
         bias = None if not self.post else self._post_bias(ctx_kv, k.shape[2] - n_ctx)
-        return self.attn.attend(x, k, v, self._mask(x, n_ctx, k.shape[2] - n_ctx, 0, causal, bias))
+        return self.attn.attend(x, k, v, self._mask(x, n_ctx, k.shape[2] - n_ctx, causal, bias))
+
+    def _own_key_add(self) -> torch.Tensor | None:
+        """Pre-RPE: the patch's own keys carry the bias of offset (0, 0, 0)."""
+        return None if self.post else self.table[self.center]
 
     def _post_bias(self, ctx_kv, n_own: int) -> torch.Tensor:
         """Post-RPE logit bias per key, [h, 1, keys]: context offsets, then (0, 0, 0) for own keys."""
@@ -95,44 +101,59 @@ class ContextSelfAttention(nn.Module):
         return own if ctx_kv is None else torch.cat([ctx_kv[2][:, None, :], own], dim=-1)
 
     @staticmethod
-    def _mask(x, n_ctx: int, n_own: int, past: int, causal: bool, bias: torch.Tensor | None):
-        """Additive mask [1 or h, queries, keys]: causal over own keys (queries start at `past`)."""
+    def _mask(x, n_ctx: int, n_own: int, causal: bool, bias: torch.Tensor | None):
+        """Additive mask [1 or h, queries, keys]: causal over own keys."""
         n_q = x.shape[1]
         if bias is None and not (causal and n_q > 1):
             return None
         mask = x.new_zeros(1, n_q, n_ctx + n_own)
         if causal and n_q > 1:
-            q_pos = torch.arange(n_q, device=x.device)[:, None] + past
-            k_pos = torch.arange(n_own, device=x.device)[None, :]
-            mask[..., n_ctx:] = mask[..., n_ctx:].masked_fill(k_pos > q_pos, float("-inf"))
+            later = torch.ones(n_q, n_own, dtype=torch.bool, device=x.device).triu(1)
+            mask[..., n_ctx:] = mask[..., n_ctx:].masked_fill(later, float("-inf"))
         return mask if bias is None else mask + bias
 
-    def _decode_step(self, x, k, v, ctx_kv, causal: bool, cache: dict):
-        """AR decoding: keys/values live in one buffer per patch, [context | own tokens so far].
+    # ------------------------------------------------------------------ AR decoding
+    def prefill(self, ctx_kv: tuple | None, rows: int, own_len: int, like: torch.Tensor) -> dict:
+        """The key/value cache of one patch: one buffer per projection, [context | own_len slots].
 
-        The context part is written once; each step writes its own keys in place, so no step
-        copies the context again (a concatenation per token would, and dominates the step).
+        The context part is written once here; each decode step writes its own keys in place.
+        Every step then sees tensors of the same shapes (the whole buffer, with the slots not yet
+        written masked out), so a step can be compiled once or captured as a CUDA graph.
         """
+        h, dh = self.attn.n_head, self.attn.d_head
         n_ctx = 0 if ctx_kv is None else ctx_kv[0].shape[2]
-        if "k_buf" not in cache:
-            b, h, _, dh = k.shape
-            length = n_ctx + cache.get("max_len", k.shape[2])
-            cache["k_buf"], cache["v_buf"] = k.new_empty(b, h, length, dh), v.new_empty(b, h, length, dh)
-            if n_ctx:
-                cache["k_buf"][:, :, :n_ctx] = ctx_kv[0]
-                cache["v_buf"][:, :, :n_ctx] = ctx_kv[1]
-            cache["fill"] = n_ctx
-            if self.post:
-                cache["bias"] = self._post_bias(ctx_kv, length - n_ctx)
-        start, n = cache["fill"], k.shape[2]
-        if start + n > cache["k_buf"].shape[2]:
-            raise ValueError(f"decoding past the cache length {cache['k_buf'].shape[2] - n_ctx} of this patch")
-        cache["k_buf"][:, :, start:start + n] = k
-        cache["v_buf"][:, :, start:start + n] = v
-        cache["fill"] = end = start + n
-        bias = cache["bias"][..., :end] if self.post else None
-        mask = self._mask(x, n_ctx, end - n_ctx, start - n_ctx, causal, bias)
-        return self.attn.attend(x, cache["k_buf"][:, :, :end], cache["v_buf"][:, :, :end], mask)
+        length = n_ctx + own_len
+        # Zeros, not empty: a masked slot still enters the product with its weight 0, and 0 * NaN is NaN.
+        k_buf = like.new_zeros(rows, h, length, dh)
+        v_buf = like.new_zeros(rows, h, length, dh)
+        if n_ctx:
+            k_buf[:, :, :n_ctx] = ctx_kv[0]
+            v_buf[:, :, :n_ctx] = ctx_kv[1]
+        # The additive mask of the next step: context keys open, own slots closed (-inf) until written.
+        # Post-RPE: the per-head bias of each key's offset, the own slots' (0, 0, 0) bias set on write.
+        if self.post:
+            mask = self._post_bias(ctx_kv, own_len).clone()
+            own_bias = self.table[self.center][:, None, None]  # [h, 1, 1]
+        else:
+            mask = like.new_zeros(1, length)
+            own_bias = like.new_zeros(1, 1)
+        mask[..., n_ctx:] = float("-inf")
+        return {"k": k_buf, "v": v_buf, "mask": mask, "own_bias": own_bias,
+                "first_own_slot": torch.tensor(n_ctx, device=like.device)}
+
+    def decode(self, x: torch.Tensor, cache: dict, pos: torch.Tensor) -> torch.Tensor:
+        """One token x [B, 1, D] at own position `pos` (a 0-d tensor, so no shape or value is baked in).
+
+        Writes the token's key, value and mask entry into its slot in place (slots after it stay
+        closed), so that steps are identical in shape and can be replayed."""
+        if x.shape[1] != 1:
+            raise ValueError(f"the decode step takes one token at a time, got {x.shape[1]}")
+        k, v = self.attn.keys_values(x, self._own_key_add())
+        slot = (cache["first_own_slot"] + pos).reshape(1)
+        cache["k"].index_copy_(2, slot, k)
+        cache["v"].index_copy_(2, slot, v)
+        cache["mask"].index_copy_(-1, slot, cache["own_bias"])
+        return self.attn.attend(x, cache["k"], cache["v"], cache["mask"])
 
 
 class CrossAttention(nn.Module):
@@ -140,15 +161,9 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.attn = Attention(cfg.d_model, cfg.n_head, cfg.dropout)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, cache: dict | None = None):
-        if cache is not None and "text_kv" in cache:
-            k, v = cache["text_kv"]
-        else:
-            k, v = self.attn.keys_values(text)
-            if cache is not None:
-                cache["text_kv"] = (k, v)
-        mask = text_mask[:, None, None, :]  # [B, 1, 1, Lt], True = attend
-        return self.attn.attend(x, k, v, mask)
+    def forward(self, x: torch.Tensor, text_kv: tuple, text_mask: torch.Tensor):
+        """text_kv: the caption's keys and values (`attn.keys_values`); text_mask [B, Lt], True = attend."""
+        return self.attn.attend(x, *text_kv, text_mask[:, None, None, :])
 
 
 class MLP(nn.Module):
@@ -174,22 +189,35 @@ class RenderBlock(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.mlp_ratio, cfg.dropout)
         self.use_checkpoint = cfg.checkpoint_blocks
 
-    def forward(self, x, ctx, offsets, text, text_mask, causal: bool, cache: dict | None = None):
-        if self.use_checkpoint and self.training and cache is None and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, ctx, offsets, text, text_mask, causal, None, use_reentrant=False)
-        return self._forward(x, ctx, offsets, text, text_mask, causal, cache)
+    def forward(self, x, ctx, offsets, text, text_mask, causal: bool):
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, ctx, offsets, text, text_mask, causal, use_reentrant=False)
+        return self._forward(x, ctx, offsets, text, text_mask, causal)
 
-    def _forward(self, x, ctx, offsets, text, text_mask, causal, cache):
-        if cache is not None and "ctx_kv" in cache:
-            ctx_kv = cache["ctx_kv"]
-        else:
-            ctx_kv = self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
-            if cache is not None:
-                cache["ctx_kv"] = ctx_kv
-        x = x + self.self_attn(self.ln_self(x), ctx_kv, causal, cache)
+    def _forward(self, x, ctx, offsets, text, text_mask, causal):
+        ctx_kv = self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
+        text_kv = None if self.cross is None else self.cross.attn.keys_values(text)
+        return self._residuals(x, lambda y: self.self_attn(y, ctx_kv, causal), text_kv, text_mask)
+
+    def _residuals(self, x, self_attend, text_kv, text_mask):
+        """The block's three residual branches (eq. 5); `self_attend` maps LN(x) to its self-attention."""
+        x = x + self_attend(self.ln_self(x))
         if self.cross is not None:
-            x = x + self.cross(self.ln_cross(x), text, text_mask, cache)
+            x = x + self.cross(self.ln_cross(x), text_kv, text_mask)
         return x + self.mlp(self.ln_mlp(x))
+
+    # ------------------------------------------------------------------ AR decoding
+    def prefill(self, ctx, offsets, text, text_mask, rows: int, own_len: int, like: torch.Tensor) -> dict:
+        """This block's decode cache for one patch: context and caption keys/values, computed once."""
+        ctx_kv = self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
+        cache = self.self_attn.prefill(ctx_kv, rows, own_len, like)
+        if self.cross is not None:
+            cache["text_kv"], cache["text_mask"] = self.cross.attn.keys_values(text), text_mask
+        return cache
+
+    def decode(self, x: torch.Tensor, cache: dict, pos: torch.Tensor) -> torch.Tensor:
+        return self._residuals(x, lambda y: self.self_attn.decode(y, cache, pos), cache.get("text_kv"),
+                               cache.get("text_mask"))
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

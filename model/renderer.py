@@ -7,7 +7,9 @@ states to store: for each layer l, the layer's input z^{l-1} at the patch's T re
 
 - AR: input [BOS, s_1 .. s_T], causal inside the patch, position t predicts s_{t+1}; the states
   come straight from the loss pass (positions 1..T). Sampling uses a key/value cache: context
-  keys/values are projected once per patch, own keys/values grow one token at a time.
+  keys/values are projected once per patch into a buffer with a slot for every own token, which
+  each step fills in place (`decode_step`; model.decoding runs it eagerly, compiled or as a CUDA
+  graph).
 - NAR: input is positions only (a learned query vector + axial position); a second pass over
   the real tokens (no grad) makes the states to store. Its token embedding is tied to the
   output head, otherwise nothing would ever train it (config.py).
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 
 from model.blocks import RenderBlock, init_weights, scaled_residual_init
 from model.config import RenderConfig, SamplingConfig
+from model.decoding import decode_stepper
 from model.directions import DEFAULT_DIRECTION, NUM_DIRECTIONS, Direction
 from model.pool import Context
 from model.sampling import guide, sample_logits
@@ -121,12 +124,10 @@ class Renderer(nn.Module):
             return None
         return self.dir_emb[Direction.parse(direction or DEFAULT_DIRECTION).index]
 
-    def _run(self, x: torch.Tensor, ctx: Context, text, causal: bool, cache: list | None = None,
-             dvec: torch.Tensor | None = None):
+    def _run(self, x: torch.Tensor, ctx: Context, text, causal: bool, dvec: torch.Tensor | None = None):
         """Run the blocks; returns the final hidden states and every block's input.
 
-        `dvec` is the direction vector, looked up once per patch by the public entry points (the AR
-        decoder calls this once per token)."""
+        `dvec` is the direction vector, looked up once per patch by the public entry points."""
         feats, key_mask = text if text is not None else (None, None)
         if dvec is not None:
             x = x + dvec
@@ -134,8 +135,31 @@ class Renderer(nn.Module):
         for l, block in enumerate(self.blocks):
             inputs.append(x)
             c = None if ctx.states is None else ctx.states[l]
-            x = block(x, c, ctx.offsets, feats, key_mask, causal, None if cache is None else cache[l])
+            x = block(x, c, ctx.offsets, feats, key_mask, causal)
         return x, inputs
+
+    def _prefill(self, ctx: Context, text, rows: int) -> list[dict]:
+        """Per-block AR decode caches of one patch: the BOS and every token get a slot."""
+        feats, key_mask = text if text is not None else (None, None)
+        like = self.tok_emb.weight
+        return [block.prefill(None if ctx.states is None else ctx.states[l], ctx.offsets, feats, key_mask, rows,
+                              self.cfg.tokens_per_patch + 1, like)
+                for l, block in enumerate(self.blocks)]
+
+    def decode_step(self, x: torch.Tensor, pos: torch.Tensor, caches: list[dict],
+                    dvec: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One AR token x [B, 1, D] at own position `pos` (0-d tensor; 0 is the BOS) through every block.
+
+        Returns the logits [B, V] for the next token and the block inputs [L, B, D] (the states of
+        this token). Shapes never change within a patch and nothing is read back to the host, so
+        this is the function `model.decoding` compiles or captures as a CUDA graph."""
+        if dvec is not None:
+            x = x + dvec
+        inputs = []
+        for block, cache in zip(self.blocks, caches):
+            inputs.append(x[:, 0])
+            x = block.decode(x, cache, pos)
+        return self._logits(x[:, 0]), torch.stack(inputs)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.ln_f(h))
@@ -264,31 +288,33 @@ class Renderer(nn.Module):
 
     def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True, dvec=None):
         t_len = self.cfg.tokens_per_patch
-        cache = [{"max_len": t_len + 1} for _ in self.blocks]
         pos = self.positions()
-        x = self._bos(rows)
-        tokens, per_layer = [], [[] for _ in self.blocks]
+        step = decode_stepper(self, s, self._prefill(ctx, text, rows), dvec) if use_cache else None
+        # A copy, like every later token's input: the same strides and no requires_grad (a view of the
+        # BOS parameter keeps it even under no_grad), so a compiled step sees one kind of input.
+        x = self._bos(rows).contiguous()
+        tokens, states = [], []
         for t in range(t_len + 1):
-            if use_cache:
-                h, inputs = self._run(x, ctx, text, causal=True, cache=cache, dvec=dvec)
+            if step is not None:
+                logits, inputs = step(x, t)
             else:  # the whole prefix again; keep only the newest position
                 prefix = [self._bos(rows)]
                 if tokens:
                     prefix.append(self.tok_emb(self._both(torch.stack(tokens, 1), s.cfg_scale)) + pos[:t])
                 h, inputs = self._run(torch.cat(prefix, dim=1), ctx, text, causal=True, dvec=dvec)
-                h, inputs = h[:, -1:], [z[:, -1:] for z in inputs]
+                logits, inputs = self._logits(h[:, -1]), torch.stack([z[:, -1] for z in inputs])
             if t > 0:  # inputs at real token t-1: the states to store
-                for l, z in enumerate(inputs):
-                    per_layer[l].append(z)
+                states.append(inputs)
             if t == t_len:
                 break
-            logits = guide(self._logits(h[:, -1]), s.cfg_scale)
+            logits = guide(logits, s.cfg_scale)
             if trace is not None:
                 trace.append(logits)
             tok = sample_logits(logits, s.temperature, s.top_k, s.top_p, generator)
             tokens.append(tok)
             x = (self.tok_emb(self._both(tok, s.cfg_scale)) + pos[t])[:, None, :]
-        return torch.stack(tokens, dim=1), [torch.cat(z, dim=1) for z in per_layer]
+        per_layer = torch.stack(states, dim=2)  # [L, rows, T, D]
+        return torch.stack(tokens, dim=1), list(per_layer.unbind(0))
 
     def _render_pnar(self, ctx, text, s: SamplingConfig, generator, rows, trace, dvec=None):
         t_len = self.cfg.tokens_per_patch

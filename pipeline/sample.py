@@ -12,6 +12,7 @@ sampler's statistics. The evaluation stage reads its "prompt" key.
     sample:
       device: auto                  # auto (CUDA when available), cpu, cuda, cuda:1
       sampling: {temperature: 1.0, top_k: 0, top_p: 1.0, cfg_scale: 1.0, pnar_steps: null}
+                                    # AR speed (model.decoding): compile_decode: true, cuda_graph: true
       decode_margin: null           # codes decoded past each side of a window; null = one patch
       save_codes: false             # also stream each output's codes to <name>.codes.npy
       progress: true                # tqdm over patches

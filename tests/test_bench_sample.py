@@ -22,3 +22,15 @@ def test_ar_cache_benchmark_on_an_overridden_model(one_thread):
         assert row[way]["seconds_per_patch"] > 0 and row[way]["tokens_per_s"] > 0
     assert row["speedup"] == pytest.approx(row["cache"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"],
                                            rel=0.01)
+
+
+def test_ar_cache_benchmark_times_each_decode_mode(one_thread):
+    result = main(["--skip", "parallel", "memory", "--repeats", "1", "--decode", "eager", "compiled"])
+    (row,) = result["ar_cache"]
+    for mode in ("", "_compiled"):
+        cache = row[f"cache{mode}"]
+        assert cache["seconds_per_patch"] > 0 and cache["first_patch_seconds"] > 0
+        assert row[f"speedup{mode}"] == pytest.approx(cache["tokens_per_s"] / row["sliding_window"]["tokens_per_s"],
+                                                      rel=0.01)
+    with pytest.raises(SystemExit, match="CUDA graphs need --device cuda"):
+        main(["--skip", "parallel", "memory", "--decode", "graph"])

@@ -8,7 +8,8 @@ Random weights throughout (speed and memory do not depend on them).
   window that re-runs the whole window (context and prefix) for every token
   (`renderer.render(..., use_cache=False)`), on the same model and the same patch: an interior
   patch of a Down-Right grid whose pool was primed teacher-forced, so the context is the full
-  nearby window. Reported per batch size, with the ratio.
+  nearby window. Reported per batch size, with the ratio, for each `--decode` mode of the cached
+  step (model.decoding: eager, compiled, CUDA graph); the sliding window always runs eagerly.
 - nar / pnar: patches/s of generate() on a small grid (the same shapes).
 - memory_vs_width: Down-Right sampling (NAR, whose pool holds exactly what AR's holds) with the
   streaming VQGAN decode to disk at 2x .. 16x the training width; the sampler's own peak of held
@@ -85,25 +86,42 @@ def primed_context(model: Renderer, rows: int, batch: int, device: torch.device)
     raise AssertionError("target patch not in grid")
 
 
+# How the cached AR step runs (model.decoding): the name in the JSON and the sampling settings.
+DECODE_MODES = {"eager": {}, "compiled": {"compile_decode": True}, "graph": {"cuda_graph": True},
+                "compiled_graph": {"compile_decode": True, "cuda_graph": True}}
+
+
+def time_render(model: Renderer, ctx, batch: int, repeats: int, device, **render_kwargs) -> dict:
+    """Seconds for the first patch (compiles, captures, warms up) and per patch after it."""
+    g = torch.Generator(device=device).manual_seed(0)
+    start = time.perf_counter()
+    model.render(ctx, batch=batch, generator=g, direction=ORDER, **render_kwargs)
+    _sync(device)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.render(ctx, batch=batch, generator=g, direction=ORDER, **render_kwargs)
+    _sync(device)
+    seconds = (time.perf_counter() - start) / repeats
+    return {"seconds_per_patch": round(seconds, 4), "first_patch_seconds": round(first, 3),
+            "tokens_per_s": round(batch * model.cfg.tokens_per_patch / seconds, 1)}
+
+
 def bench_ar_cache(args, device) -> list[dict]:
+    """Per batch size: the sliding window, the cache run in each decode mode, and each one's speed-up."""
     model = build(args, "ar", device)
     out = []
     for batch in args.batches:
         ctx = primed_context(model, args.rows, batch, device)
         row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
-        for use_cache in (True, False):
-            g = torch.Generator(device=device).manual_seed(0)
-            model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=ORDER)  # warm-up
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                model.render(ctx, batch=batch, generator=g, use_cache=use_cache, direction=ORDER)
-            _sync(device)
-            seconds = (time.perf_counter() - start) / args.repeats
-            row["cache" if use_cache else "sliding_window"] = {
-                "seconds_per_patch": round(seconds, 4),
-                "tokens_per_s": round(batch * model.cfg.tokens_per_patch / seconds, 1)}
-        row["speedup"] = round(row["cache"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
+        window = time_render(model, ctx, batch, args.repeats, device, use_cache=False)
+        for mode in args.decode:
+            key = "cache" if mode == "eager" else f"cache_{mode}"
+            row[key] = time_render(model, ctx, batch, args.repeats, device,
+                                   sampling=SamplingConfig(**DECODE_MODES[mode]))
+            row["speedup" if mode == "eager" else f"speedup_{mode}"] = round(
+                row[key]["tokens_per_s"] / window["tokens_per_s"], 2)
+        row["sliding_window"] = window
         out.append(row)
     return out
 
@@ -198,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--pnar-steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--decode", nargs="+", default=None, choices=list(DECODE_MODES),
+                    help="how the cached AR step runs (default: eager on CPU; eager, graph, compiled_graph on CUDA)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ar_cache", "parallel", "memory", "images"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="model config overrides on the preset, e.g. d_model=256 n_layer=4 n_head=4")
@@ -211,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     args.preset = args.preset or ("base" if cuda else "tiny")
     args.batches = args.batches or ([1, 8, 32] if cuda else [1])
+    args.decode = args.decode or (["eager", "graph", "compiled_graph"] if cuda else ["eager"])
+    if not cuda and any(DECODE_MODES[m].get("cuda_graph") for m in args.decode):
+        raise SystemExit(f"--decode {' '.join(args.decode)}: CUDA graphs need --device cuda")
     reference = build(args, "ar", torch.device("cpu"))
     cfg = reference.cfg
     if args.rows is None or args.train_width is None:

@@ -1,0 +1,98 @@
+"""How the AR renderer runs its per-token decode step: eagerly, compiled, or replayed as a CUDA graph.
+
+A cached AR token step does little arithmetic: one token through every block against a
+key/value buffer. On a GPU its time goes to launching a few dozen small kernels per block, not to
+the kernels themselves, so the key/value cache alone gains little over re-running the window.
+`Renderer.decode_step` is written so that the step can be made cheaper to launch:
+- its shapes are the same for every token of a patch (the cache is one buffer per projection,
+  the slots not yet written are masked out) and the position is a tensor, not a Python int;
+- nothing in it reads a value back to the host.
+
+`SamplingConfig.compile_decode` runs the step through `torch.compile` (inductor; with weight
+freezing, which on the CPU pre-packs the linear layers). The compiled step is kept on the
+renderer and reused by every patch; a new context length recompiles once and then runs with a
+dynamic length. Weights are frozen into it: compile only a model that is no longer training.
+
+`SamplingConfig.cuda_graph` captures the step once per patch (after the patch's context has been
+written into the cache) and replays it for each token: one launch per token instead of one per
+kernel. It needs the renderer on a CUDA device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from model.config import SamplingConfig
+
+Step = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def decode_stepper(renderer, sampling: SamplingConfig, caches: list[dict], dvec: torch.Tensor | None) -> Step:
+    """A function (x [B, 1, D], position t) -> (logits [B, V], block inputs [L, B, D]) for one patch."""
+    device = renderer.tok_emb.weight.device
+    fn = compiled_decode_step(renderer) if sampling.compile_decode else renderer.decode_step
+    if sampling.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError(f"sampling.cuda_graph needs the renderer on a CUDA device, it is on {device}")
+        return GraphedStep(fn, caches, dvec, device)
+    pos = torch.zeros((), dtype=torch.long, device=device)
+
+    def step(x: torch.Tensor, t: int):
+        pos.fill_(t)
+        return fn(x, pos, caches, dvec)
+
+    return step
+
+
+def compiled_decode_step(renderer):
+    """`renderer.decode_step` through torch.compile, compiled on first use and kept on the renderer."""
+    if renderer.training:
+        raise ValueError("sampling.compile_decode freezes the weights into the compiled step; "
+                         "call eval() on a renderer that is no longer training first")
+    compiled = getattr(renderer, "_compiled_decode_step", None)
+    if compiled is None:
+        compiled = torch.compile(renderer.decode_step, options={"freezing": True})
+        # object.__setattr__: a function, not a submodule or parameter, so no state_dict entry.
+        object.__setattr__(renderer, "_compiled_decode_step", compiled)
+    return compiled
+
+
+class GraphedStep:
+    """One patch's decode step captured as a CUDA graph and replayed per token.
+
+    The graph reads its input from fixed tensors (`x`, `pos`) and writes the key/value cache in
+    place, so a replay is the whole step. The capture is preceded by one warm-up run on a side
+    stream, as CUDA graphs require; that run writes the BOS's keys into slot 0, which is exactly
+    what the first replay writes again.
+    """
+
+    def __init__(self, fn, caches: list[dict], dvec: torch.Tensor | None, device: torch.device):
+        self.x: torch.Tensor | None = None
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.fn, self.caches, self.dvec = fn, caches, dvec
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _capture(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            self.fn(self.x, self.pos, self.caches, self.dvec)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.fn(self.x, self.pos, self.caches, self.dvec)
+
+    def __call__(self, x: torch.Tensor, t: int):
+        if self.graph is None:
+            self.pos.fill_(t)
+            self._capture(x)
+        self.x.copy_(x)
+        self.pos.fill_(t)
+        self.graph.replay()
+        logits, inputs = self.out
+        # The graph overwrites its outputs on the next replay; the caller keeps these.
+        return logits.clone(), inputs.clone()
