@@ -129,8 +129,8 @@ class SamplingConfig:
     cfg_scale: float = 1.0  # classifier-free guidance; 1 = off
     pnar_steps: int | None = None  # None: the model config's
     pnar_temperature_end: float = 0.0  # re-masking noise anneals linearly from temperature to this
-    # How the AR token step runs (model.decoding): speed only; the codes are the eager step's up to
-    # floating-point rounding.
+    # How the AR token step runs (model.decoding; NAR and P-NAR ignore them): speed only, the codes
+    # are the eager step's up to floating-point rounding.
     compile_decode: bool = False  # torch.compile the step (first patch pays the compile)
     cuda_graph: bool = False  # replay the step as a CUDA graph (CUDA only)
     extra: dict = field(default_factory=dict)

@@ -79,13 +79,6 @@ def test_compiled_step_recompiles_once_for_new_context_lengths():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 2
 
 
-def test_compiling_a_training_model_is_refused():
-    m, ids, mask, ctx = ar_context("pre", (2, 1, 12, 12), DIRECTION)
-    m.train()
-    with pytest.raises(ValueError, match="eval"):
-        draw(m, ctx, ids, mask, SamplingConfig(compile_decode=True))
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_graph_is_refused_without_cuda():
     m, ids, mask, ctx = ar_context("pre", (2, 1, 12, 12), DIRECTION)

@@ -195,8 +195,10 @@ def bench_images(args, device, vq) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for h_px, w_px in ((1024, 1024), (1024, 4096)):
             grid = Grid(h_px // (hp * f), w_px // (wp * f))
-            r = stream_image(model, vq, grid, ORDER, Path(tmp), device, MemoryLedger(), png=True)
+            r = stream_image(model, vq, grid, ORDER, Path(tmp), device, MemoryLedger(),
+                             sampling=SamplingConfig(**DECODE_MODES[args.image_decode]), png=True)
             out.append({"pixels": [h_px, w_px], "grid": [grid.H, grid.W], "patches": len(grid),
+                        "decode": args.image_decode,
                         "generate_and_decode_s": r["generate_and_decode_s"], "with_png_s": r["total_s"],
                         "sampling_s": round(r["stats"].seconds, 3),
                         "tokens_per_s": round(r["stats"].tokens_generated / r["stats"].seconds, 1)})
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--decode", nargs="+", default=None, choices=list(DECODE_MODES),
                     help="how the cached AR step runs (default: eager on CPU; eager, graph, compiled_graph on CUDA)")
+    ap.add_argument("--image-decode", default="eager", choices=list(DECODE_MODES),
+                    help="decode mode of the cached AR step for the CUDA image times")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ar_cache", "parallel", "memory", "images"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="model config overrides on the preset, e.g. d_model=256 n_layer=4 n_head=4")
