@@ -190,9 +190,12 @@ def test_preset_sizes_match_the_paper():
 
 
 @pytest.mark.parametrize("rpe", ["pre", "post"])
-def test_ar_sampling_with_and_without_cache_draws_the_same_codes(rpe):
+@pytest.mark.parametrize("empty_pool", [False, True])
+def test_ar_sampling_with_and_without_cache_draws_the_same_codes(rpe, empty_pool):
     d = "right-down-forward"
     m, ids, mask, ctx = ar_context(rpe, (2, 1, 8, 8), d)
+    if empty_pool:  # the first patch: the cache holds own slots only
+        ctx = Context.empty()
     a, sa = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), direction=d)
     b, sb = m.render(ctx, ids, mask, SamplingConfig(top_k=50), torch.Generator().manual_seed(5), use_cache=False,
                      direction=d)
