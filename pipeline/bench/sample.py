@@ -9,7 +9,8 @@ Random weights throughout (speed and memory do not depend on them).
   (`renderer.render(..., use_cache=False)`), on the same model and the same patch: an interior
   patch of a Down-Right grid whose pool was primed teacher-forced, so the context is the full
   nearby window. Reported per batch size, with the ratio, for each `--decode` mode of the cached
-  step (model.decoding: eager, compiled, CUDA graph); the sliding window always runs eagerly.
+  step (model.decoding: eager, compiled, CUDA graph); the sliding window always runs eagerly. The
+  ways take turns, round after round, and each keeps its median.
 - nar / pnar: patches/s of generate() on a small grid (the same shapes).
 - memory_vs_width: Down-Right sampling (NAR, whose pool holds exactly what AR's holds) with the
   streaming VQGAN decode to disk at 2x .. 16x the training width; the sampler's own peak of held
@@ -21,6 +22,7 @@ Random weights throughout (speed and memory do not depend on them).
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -91,37 +93,41 @@ DECODE_MODES = {"eager": {}, "compiled": {"compile_decode": True}, "graph": {"cu
                 "compiled_graph": {"compile_decode": True, "cuda_graph": True}}
 
 
-def time_render(model: Renderer, ctx, batch: int, repeats: int, device, **render_kwargs) -> dict:
-    """Seconds for the first patch (compiles, captures, warms up) and per patch after it."""
-    g = torch.Generator(device=device).manual_seed(0)
+def render_seconds(model: Renderer, ctx, batch: int, device, **render_kwargs) -> float:
     start = time.perf_counter()
-    model.render(ctx, batch=batch, generator=g, direction=ORDER, **render_kwargs)
+    model.render(ctx, batch=batch, generator=torch.Generator(device=device).manual_seed(0), direction=ORDER,
+                 **render_kwargs)
     _sync(device)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model.render(ctx, batch=batch, generator=g, direction=ORDER, **render_kwargs)
-    _sync(device)
-    seconds = (time.perf_counter() - start) / repeats
-    return {"seconds_per_patch": round(seconds, 4), "first_patch_seconds": round(first, 3),
-            "tokens_per_s": round(batch * model.cfg.tokens_per_patch / seconds, 1)}
+    return time.perf_counter() - start
 
 
 def bench_ar_cache(args, device) -> list[dict]:
-    """Per batch size: the sliding window, the cache run in each decode mode, and each one's speed-up."""
+    """Per batch size: the sliding window, the cache run in each decode mode, and each one's speed-up.
+
+    The ways are timed in turns (one patch each per round, `--repeats` rounds, the median kept), so
+    a machine whose speed drifts slows all of them alike and the ratios stay comparable."""
     model = build(args, "ar", device)
+    ways = {"sliding_window": {"use_cache": False}}
+    for mode in args.decode:
+        ways["cache" if mode == "eager" else f"cache_{mode}"] = {"sampling": SamplingConfig(**DECODE_MODES[mode])}
     out = []
     for batch in args.batches:
         ctx = primed_context(model, args.rows, batch, device)
         row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
-        window = time_render(model, ctx, batch, args.repeats, device, use_cache=False)
+        first = {way: render_seconds(model, ctx, batch, device, **kw) for way, kw in ways.items()}  # compile, warm up
+        rounds = {way: [] for way in ways}
+        for _ in range(args.repeats):
+            for way, kw in ways.items():
+                rounds[way].append(render_seconds(model, ctx, batch, device, **kw))
+        for way, seconds in rounds.items():
+            mid = statistics.median(seconds)
+            row[way] = {"seconds_per_patch": round(mid, 4), "first_patch_seconds": round(first[way], 3),
+                        "tokens_per_s": round(batch * model.cfg.tokens_per_patch / mid, 1),
+                        "rounds_seconds": [round(x, 4) for x in seconds]}
         for mode in args.decode:
             key = "cache" if mode == "eager" else f"cache_{mode}"
-            row[key] = time_render(model, ctx, batch, args.repeats, device,
-                                   sampling=SamplingConfig(**DECODE_MODES[mode]))
             row["speedup" if mode == "eager" else f"speedup_{mode}"] = round(
-                row[key]["tokens_per_s"] / window["tokens_per_s"], 2)
-        row["sliding_window"] = window
+                row[key]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
         out.append(row)
     return out
 
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", type=int, default=None, help="grid rows = the training height in patches")
     ap.add_argument("--train-width", type=int, default=None, help="training width in patches")
     ap.add_argument("--widths", type=int, nargs="+", default=[2, 4, 8, 16])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per way (the median is kept)")
     ap.add_argument("--pnar-steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--decode", nargs="+", default=None, choices=list(DECODE_MODES),
