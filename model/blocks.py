@@ -138,18 +138,17 @@ class ContextSelfAttention(nn.Module):
             mask = like.new_zeros(1, length)
             own_bias = like.new_zeros(1, 1)
         mask[..., n_ctx:] = float("-inf")
-        return {"k": k_buf, "v": v_buf, "mask": mask, "own_bias": own_bias,
-                "first_own_slot": torch.tensor(n_ctx, device=like.device)}
+        return {"k": k_buf, "v": v_buf, "mask": mask, "own_bias": own_bias}
 
-    def decode(self, x: torch.Tensor, cache: dict, pos: torch.Tensor) -> torch.Tensor:
-        """One token x [B, 1, D] at own position `pos` (a 0-d tensor, so no shape or value is baked in).
+    def decode(self, x: torch.Tensor, cache: dict, slot: torch.Tensor) -> torch.Tensor:
+        """One token x [B, 1, D] whose keys go to buffer index `slot` (a [1] tensor: context length +
+        own position, so no value is baked into the step).
 
         Writes the token's key, value and mask entry into its slot in place (slots after it stay
         closed), so that steps are identical in shape and can be replayed."""
         if x.shape[1] != 1:
             raise ValueError(f"the decode step takes one token at a time, got {x.shape[1]}")
         k, v = self.attn.keys_values(x, self._own_key_add())
-        slot = (cache["first_own_slot"] + pos).reshape(1)
         cache["k"].index_copy_(2, slot, k)
         cache["v"].index_copy_(2, slot, v)
         cache["mask"].index_copy_(-1, slot, cache["own_bias"])
@@ -194,8 +193,11 @@ class RenderBlock(nn.Module):
             return checkpoint(self._forward, x, ctx, offsets, text, text_mask, causal, use_reentrant=False)
         return self._forward(x, ctx, offsets, text, text_mask, causal)
 
+    def _context_kv(self, ctx, offsets):
+        return self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
+
     def _forward(self, x, ctx, offsets, text, text_mask, causal):
-        ctx_kv = self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
+        ctx_kv = self._context_kv(ctx, offsets)
         text_kv = None if self.cross is None else self.cross.attn.keys_values(text)
         return self._residuals(x, lambda y: self.self_attn(y, ctx_kv, causal), text_kv, text_mask)
 
@@ -209,14 +211,13 @@ class RenderBlock(nn.Module):
     # ------------------------------------------------------------------ AR decoding
     def prefill(self, ctx, offsets, text, text_mask, rows: int, own_len: int, like: torch.Tensor) -> dict:
         """This block's decode cache for one patch: context and caption keys/values, computed once."""
-        ctx_kv = self.self_attn.context_kv(None if ctx is None else self.ln_self(ctx), offsets)
-        cache = self.self_attn.prefill(ctx_kv, rows, own_len, like)
+        cache = self.self_attn.prefill(self._context_kv(ctx, offsets), rows, own_len, like)
         if self.cross is not None:
             cache["text_kv"], cache["text_mask"] = self.cross.attn.keys_values(text), text_mask
         return cache
 
-    def decode(self, x: torch.Tensor, cache: dict, pos: torch.Tensor) -> torch.Tensor:
-        return self._residuals(x, lambda y: self.self_attn.decode(y, cache, pos), cache.get("text_kv"),
+    def decode(self, x: torch.Tensor, cache: dict, slot: torch.Tensor) -> torch.Tensor:
+        return self._residuals(x, lambda y: self.self_attn.decode(y, cache, slot), cache.get("text_kv"),
                                cache.get("text_mask"))
 
 

@@ -5,7 +5,7 @@ key/value buffer. On a GPU its time goes to launching a few dozen small kernels 
 the kernels themselves, so the key/value cache alone gains little over re-running the window.
 `Renderer.decode_step` is written so that the step can be made cheaper to launch:
 - its shapes are the same for every token of a patch (the cache is one buffer per projection,
-  the slots not yet written are masked out) and the position is a tensor, not a Python int;
+  the slots not yet written are masked out) and the token's slot is a tensor, not a Python int;
 - nothing in it reads a value back to the host.
 
 `SamplingConfig.compile_decode` runs the step through `torch.compile` (inductor fuses the small
@@ -28,19 +28,23 @@ from model.config import SamplingConfig
 Step = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def decode_stepper(renderer, sampling: SamplingConfig, caches: list[dict], dvec: torch.Tensor | None) -> Step:
-    """A function (x [B, 1, D], position t) -> (logits [B, V], block inputs [L, B, D]) for one patch."""
+def decode_stepper(renderer, sampling: SamplingConfig, caches: list[dict], dvec: torch.Tensor | None,
+                   context_length: int) -> Step:
+    """A function (x [B, 1, D], own position t) -> (logits [B, V], block inputs [L, B, D]) for one patch.
+
+    Token t's keys go to slot context_length + t of every block's buffers; the slot is filled into
+    one small tensor per step, outside the compiled or captured step."""
     device = renderer.tok_emb.weight.device
     fn = compiled_decode_step(renderer) if sampling.compile_decode else renderer.decode_step
     if sampling.cuda_graph:
         if device.type != "cuda":
             raise ValueError(f"sampling.cuda_graph needs the renderer on a CUDA device, it is on {device}")
-        return GraphedStep(fn, caches, dvec, device)
-    pos = torch.zeros((), dtype=torch.long, device=device)
+        return GraphedStep(fn, caches, dvec, context_length, device)
+    slot = torch.zeros(1, dtype=torch.long, device=device)
 
     def step(x: torch.Tensor, t: int):
-        pos.fill_(t)
-        return fn(x, pos, caches, dvec)
+        slot.fill_(context_length + t)
+        return fn(x, slot, caches, dvec)
 
     return step
 
@@ -61,15 +65,17 @@ def compiled_decode_step(renderer):
 class GraphedStep:
     """One patch's decode step captured as a CUDA graph and replayed per token.
 
-    The graph reads its input from fixed tensors (`x`, `pos`) and writes the key/value cache in
+    The graph reads its input from fixed tensors (`x`, `slot`) and writes the key/value cache in
     place, so a replay is the whole step. The capture is preceded by one warm-up run on a side
-    stream, as CUDA graphs require; that run writes the BOS's keys into slot 0, which is exactly
+    stream, as CUDA graphs require; that run writes the BOS's keys into the BOS's slot, which is exactly
     what the first replay writes again.
     """
 
-    def __init__(self, fn, caches: list[dict], dvec: torch.Tensor | None, device: torch.device):
+    def __init__(self, fn, caches: list[dict], dvec: torch.Tensor | None, context_length: int,
+                 device: torch.device):
         self.x: torch.Tensor | None = None
-        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.context_length = context_length
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.fn, self.caches, self.dvec = fn, caches, dvec
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -79,18 +85,17 @@ class GraphedStep:
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
-            self.fn(self.x, self.pos, self.caches, self.dvec)
+            self.fn(self.x, self.slot, self.caches, self.dvec)
         torch.cuda.current_stream(x.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = self.fn(self.x, self.pos, self.caches, self.dvec)
+            self.out = self.fn(self.x, self.slot, self.caches, self.dvec)
 
     def __call__(self, x: torch.Tensor, t: int):
+        self.slot.fill_(self.context_length + t)
         if self.graph is None:
-            self.pos.fill_(t)
             self._capture(x)
         self.x.copy_(x)
-        self.pos.fill_(t)
         self.graph.replay()
         logits, inputs = self.out
         # The graph overwrites its outputs on the next replay; the caller keeps these.

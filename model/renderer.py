@@ -146,9 +146,10 @@ class Renderer(nn.Module):
                               self.cfg.tokens_per_patch + 1, like)
                 for l, block in enumerate(self.blocks)]
 
-    def decode_step(self, x: torch.Tensor, pos: torch.Tensor, caches: list[dict],
+    def decode_step(self, x: torch.Tensor, slot: torch.Tensor, caches: list[dict],
                     dvec: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One AR token x [B, 1, D] at own position `pos` (0-d tensor; 0 is the BOS) through every block.
+        """One AR token x [B, 1, D] through every block; `slot` ([1] tensor) is its index in the key
+        buffers, the same in every block: context length + own position (0 is the BOS).
 
         Returns the logits [B, V] for the next token and the block inputs [L, B, D] (the states of
         this token). Shapes never change within a patch and nothing is read back to the host, so
@@ -158,7 +159,7 @@ class Renderer(nn.Module):
         inputs = []
         for block, cache in zip(self.blocks, caches):
             inputs.append(x[:, 0])
-            x = block.decode(x, cache, pos)
+            x = block.decode(x, cache, slot)
         return self._logits(x[:, 0]), torch.stack(inputs)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -289,7 +290,7 @@ class Renderer(nn.Module):
     def _render_ar(self, ctx, text, s: SamplingConfig, generator, rows, trace, use_cache=True, dvec=None):
         t_len = self.cfg.tokens_per_patch
         pos = self.positions()
-        step = decode_stepper(self, s, self._prefill(ctx, text, rows), dvec) if use_cache else None
+        step = decode_stepper(self, s, self._prefill(ctx, text, rows), dvec, ctx.length) if use_cache else None
         # A copy, like every later token's input: the same strides and no requires_grad (a view of the
         # BOS parameter keeps it even under no_grad), so a compiled step sees one kind of input.
         x = self._bos(rows).contiguous()

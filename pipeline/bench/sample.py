@@ -107,9 +107,10 @@ def bench_ar_cache(args, device) -> list[dict]:
     The ways are timed in turns (one patch each per round, `--repeats` rounds, the median kept), so
     a machine whose speed drifts slows all of them alike and the ratios stay comparable."""
     model = build(args, "ar", device)
+    suffix = {mode: "" if mode == "eager" else f"_{mode}" for mode in args.decode}  # JSON keys: cache, cache_<mode>
     ways = {"sliding_window": {"use_cache": False}}
     for mode in args.decode:
-        ways["cache" if mode == "eager" else f"cache_{mode}"] = {"sampling": SamplingConfig(**DECODE_MODES[mode])}
+        ways[f"cache{suffix[mode]}"] = {"sampling": SamplingConfig(**DECODE_MODES[mode])}
     out = []
     for batch in args.batches:
         ctx = primed_context(model, args.rows, batch, device)
@@ -125,9 +126,8 @@ def bench_ar_cache(args, device) -> list[dict]:
                         "tokens_per_s": round(batch * model.cfg.tokens_per_patch / mid, 1),
                         "rounds_seconds": [round(x, 4) for x in seconds]}
         for mode in args.decode:
-            key = "cache" if mode == "eager" else f"cache_{mode}"
-            row["speedup" if mode == "eager" else f"speedup_{mode}"] = round(
-                row[key]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
+            row[f"speedup{suffix[mode]}"] = round(
+                row[f"cache{suffix[mode]}"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
         out.append(row)
     return out
 
