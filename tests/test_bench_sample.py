@@ -34,3 +34,33 @@ def test_ar_cache_benchmark_times_each_decode_mode(one_thread):
                                                       rel=0.01)
     with pytest.raises(SystemExit, match="CUDA graphs need --device cuda"):
         main(["--skip", "parallel", "memory", "--decode", "graph"])
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])  # the first patch (compile / capture) or a timed round
+def test_a_failing_decode_mode_is_reported_and_the_others_are_still_timed(one_thread, monkeypatch, capsys,
+                                                                         failing_call):
+    import json
+
+    import model.decoding
+    from pipeline.bench.__main__ import main as bench_main
+
+    calls = []
+
+    def broken_compile(renderer):
+        calls.append(1)
+        if len(calls) >= failing_call:
+            raise RuntimeError("no compiler for this step")
+        return renderer.decode_step
+
+    monkeypatch.setattr(model.decoding, "compiled_decode_step", broken_compile)
+    status = bench_main(["sample", "--skip", "parallel", "memory", "--repeats", "2", "--decode", "eager", "compiled"])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 1
+    (row,) = result["ar_cache"]
+    assert row["cache_compiled"] == {"error": "RuntimeError: no compiler for this step"}
+    assert "speedup_compiled" not in row
+    assert result["failed"] == {"ar_cache batch 1 cache_compiled": "RuntimeError: no compiler for this step"}
+    assert len(calls) == failing_call  # a failed way leaves the turns
+    for way in ("cache", "sliding_window"):  # the other ways ran every round
+        assert len(row[way]["rounds_seconds"]) == 2 and row[way]["tokens_per_s"] > 0
+    assert row["speedup"] > 0

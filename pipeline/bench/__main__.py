@@ -2,7 +2,8 @@
 
 Each benchmark is a module `pipeline/bench/NAME.py` with `main(argv) -> dict`; the dict is
 printed as one JSON object (and written to --out when given). Figures live here, never in
-timed tests.
+timed tests. A benchmark that carries on past a failed part lists it under `failed`: the JSON is
+still printed, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     if out:
         from pipeline import atomic
         atomic.write_text(out, text + "\n")
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 if __name__ == "__main__":

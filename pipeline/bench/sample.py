@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -101,11 +103,32 @@ def render_seconds(model: Renderer, ctx, batch: int, device, **render_kwargs) ->
     return time.perf_counter() - start
 
 
-def bench_ar_cache(args, device) -> list[dict]:
+class Failures:
+    """What failed while benchmarking, kept so that one broken decode mode costs only its own figures.
+
+    A mode that has never run on this machine (a CUDA graph on a new GPU, a compile) may fail; the
+    bench then reports its error in place of its figures, times the other ways, prints the whole
+    JSON and exits non-zero (`failed` in the result)."""
+
+    def __init__(self):
+        self.errors: dict[str, str] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), or None after recording why it failed (the traceback goes to stderr)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # reported in the JSON and the exit status, not swallowed
+            traceback.print_exc(file=sys.stderr)
+            self.errors[name] = f"{type(e).__name__}: {e}"
+            return None
+
+
+def bench_ar_cache(args, device, failures: Failures) -> list[dict]:
     """Per batch size: the sliding window, the cache run in each decode mode, and each one's speed-up.
 
     The ways are timed in turns (one patch each per round, `--repeats` rounds, the median kept), so
-    a machine whose speed drifts slows all of them alike and the ratios stay comparable."""
+    a machine whose speed drifts slows all of them alike and the ratios stay comparable. A way that
+    fails is reported with its error and leaves the turns."""
     model = build(args, "ar", device)
     suffix = {mode: "" if mode == "eager" else f"_{mode}" for mode in args.decode}  # JSON keys: cache, cache_<mode>
     ways = {"sliding_window": {"use_cache": False}}
@@ -115,19 +138,26 @@ def bench_ar_cache(args, device) -> list[dict]:
     for batch in args.batches:
         ctx = primed_context(model, args.rows, batch, device)
         row = {"batch": batch, "context_patches": len(ctx.patches), "tokens_per_patch": model.cfg.tokens_per_patch}
-        first = {way: render_seconds(model, ctx, batch, device, **kw) for way, kw in ways.items()}  # compile, warm up
+        names = {way: f"ar_cache batch {batch} {way}" for way in ways}  # what a failure is reported as
+        first = {way: failures.run(names[way], render_seconds, model, ctx, batch, device, **kw)  # compile, capture
+                 for way, kw in ways.items()}
         rounds = {way: [] for way in ways}
         for _ in range(args.repeats):
             for way, kw in ways.items():
-                rounds[way].append(render_seconds(model, ctx, batch, device, **kw))
+                if names[way] not in failures.errors:
+                    rounds[way].append(failures.run(names[way], render_seconds, model, ctx, batch, device, **kw))
         for way, seconds in rounds.items():
+            if names[way] in failures.errors:
+                row[way] = {"error": failures.errors[names[way]]}
+                continue
             mid = statistics.median(seconds)
             row[way] = {"seconds_per_patch": round(mid, 4), "first_patch_seconds": round(first[way], 3),
                         "tokens_per_s": round(batch * model.cfg.tokens_per_patch / mid, 1),
                         "rounds_seconds": [round(x, 4) for x in seconds]}
         for mode in args.decode:
-            row[f"speedup{suffix[mode]}"] = round(
-                row[f"cache{suffix[mode]}"]["tokens_per_s"] / row["sliding_window"]["tokens_per_s"], 2)
+            cache, window = row[f"cache{suffix[mode]}"], row["sliding_window"]
+            if "error" not in cache and "error" not in window:
+                row[f"speedup{suffix[mode]}"] = round(cache["tokens_per_s"] / window["tokens_per_s"], 2)
         out.append(row)
     return out
 
@@ -193,7 +223,7 @@ def bench_memory(args, device, vq) -> list[dict]:
     return out
 
 
-def bench_images(args, device, vq) -> list[dict]:
+def bench_images(args, device, vq, failures: Failures) -> list[dict]:
     model = build(args, "ar", device)
     hp, wp, _ = model.cfg.patch
     f = vq.downsample
@@ -201,10 +231,14 @@ def bench_images(args, device, vq) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for h_px, w_px in ((1024, 1024), (1024, 4096)):
             grid = Grid(h_px // (hp * f), w_px // (wp * f))
-            r = stream_image(model, vq, grid, ORDER, Path(tmp), device, MemoryLedger(),
+            name = f"images {h_px}x{w_px}"
+            r = failures.run(name, stream_image, model, vq, grid, ORDER, Path(tmp), device, MemoryLedger(),
                              sampling=SamplingConfig(**DECODE_MODES[args.image_decode]), png=True)
-            out.append({"pixels": [h_px, w_px], "grid": [grid.H, grid.W], "patches": len(grid),
-                        "decode": args.image_decode,
+            row = {"pixels": [h_px, w_px], "grid": [grid.H, grid.W], "patches": len(grid), "decode": args.image_decode}
+            if r is None:
+                out.append({**row, "error": failures.errors[name]})
+                continue
+            out.append({**row,
                         "generate_and_decode_s": r["generate_and_decode_s"], "with_png_s": r["total_s"],
                         "sampling_s": round(r["stats"].seconds, 3),
                         "tokens_per_s": round(r["stats"].tokens_generated / r["stats"].seconds, 1)})
@@ -257,13 +291,16 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__, "preset": args.preset, "overrides": args.set,
               "parameters": reference.num_parameters(), "patch": list(cfg.patch), "expand": list(cfg.expand),
               "vqgan": vq_name, "rows": args.rows, "train_width": args.train_width}
+    failures = Failures()
     with torch.inference_mode():
         if "ar_cache" not in args.skip:
-            result["ar_cache"] = bench_ar_cache(args, device)
+            result["ar_cache"] = bench_ar_cache(args, device, failures)
         if "parallel" not in args.skip:
             result.update(bench_parallel(args, device))
         if "memory" not in args.skip:
             result["memory_vs_width"] = bench_memory(args, device, vq)
         if cuda and "images" not in args.skip:
-            result["images"] = bench_images(args, device, vq)
+            result["images"] = bench_images(args, device, vq, failures)
+    if failures.errors:
+        result["failed"] = failures.errors
     return result
