@@ -54,8 +54,12 @@ def test_a_failing_decode_mode_is_reported_and_the_others_are_still_timed(one_th
 
     monkeypatch.setattr(model.decoding, "compiled_decode_step", broken_compile)
     status = bench_main(["sample", "--skip", "parallel", "memory", "--repeats", "2", "--decode", "eager", "compiled"])
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert status == 1
+    # Each part was also logged as soon as it was done (a run cut off by a time limit keeps it).
+    (logged,) = [line for line in captured.err.splitlines() if line.startswith("[bench sample] ")]
+    assert json.loads(logged.removeprefix("[bench sample] ")) == {"ar_cache": result["ar_cache"]}
     (row,) = result["ar_cache"]
     assert row["cache_compiled"] == {"error": "RuntimeError: no compiler for this step"}
     assert "speedup_compiled" not in row

@@ -3,7 +3,8 @@
     python -m pipeline.bench sample                       # CPU: tiny model, small patches
     python -m pipeline.bench sample --device cuda         # GPU: base model, paper patches, image times
 
-Random weights throughout (speed and memory do not depend on them).
+Random weights throughout (speed and memory do not depend on them). Each part's figures are also
+written to stderr as one `[bench sample] {...}` line as soon as the part is done.
 - ar_cache: tokens/s of AR sampling with the key/value cache against the taming-style sliding
   window that re-runs the whole window (context and prefix) for every token
   (`renderer.render(..., use_cache=False)`), on the same model and the same patch: an interior
@@ -22,6 +23,7 @@ Random weights throughout (speed and memory do not depend on them).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -292,15 +294,21 @@ def main(argv: list[str] | None = None) -> dict:
               "parameters": reference.num_parameters(), "patch": list(cfg.patch), "expand": list(cfg.expand),
               "vqgan": vq_name, "rows": args.rows, "train_width": args.train_width}
     failures = Failures()
+
+    def finished(part: dict) -> None:
+        # Each part's figures go to stderr as soon as they exist: a run cut off by a time limit keeps them.
+        result.update(part)
+        print(f"[bench sample] {json.dumps(part, sort_keys=True)}", file=sys.stderr, flush=True)
+
     with torch.inference_mode():
         if "ar_cache" not in args.skip:
-            result["ar_cache"] = bench_ar_cache(args, device, failures)
+            finished({"ar_cache": bench_ar_cache(args, device, failures)})
         if "parallel" not in args.skip:
-            result.update(bench_parallel(args, device))
+            finished(bench_parallel(args, device))
         if "memory" not in args.skip:
-            result["memory_vs_width"] = bench_memory(args, device, vq)
+            finished({"memory_vs_width": bench_memory(args, device, vq)})
         if cuda and "images" not in args.skip:
-            result["images"] = bench_images(args, device, vq, failures)
+            finished({"images": bench_images(args, device, vq, failures)})
     if failures.errors:
         result["failed"] = failures.errors
     return result
