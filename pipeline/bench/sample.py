@@ -147,7 +147,9 @@ def bench_ar_cache(args, device, failures: Failures) -> list[dict]:
         for _ in range(args.repeats):
             for way, kw in ways.items():
                 if names[way] not in failures.errors:
-                    rounds[way].append(failures.run(names[way], render_seconds, model, ctx, batch, device, **kw))
+                    seconds = failures.run(names[way], render_seconds, model, ctx, batch, device, **kw)
+                    if seconds is not None:
+                        rounds[way].append(seconds)
         for way, seconds in rounds.items():
             if names[way] in failures.errors:
                 row[way] = {"error": failures.errors[names[way]]}
