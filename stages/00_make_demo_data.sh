@@ -4,4 +4,4 @@
 # says there is nothing to do.
 #   bash stages/00_make_demo_data.sh --config configs/demo.yaml
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-launch pipeline.make_demo_data --config "$CONFIG" "${STAGE_ARGS[@]}"
+launch pipeline.demo_data.make --config "$CONFIG" "${STAGE_ARGS[@]}"

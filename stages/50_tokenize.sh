@@ -4,4 +4,4 @@
 # Several ranks: LAUNCHER="torchrun --nproc_per_node 8" bash stages/50_tokenize.sh --config C.yaml
 # (each rank writes its own shards; rank 0 merges the index; `--merge-only` merges after separate runs).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-launch pipeline.tokenize --config "$CONFIG" "${STAGE_ARGS[@]}"
+launch pipeline.tokens.tokenize --config "$CONFIG" "${STAGE_ARGS[@]}"

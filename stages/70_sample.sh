@@ -4,4 +4,4 @@
 # Config sections: sample (jobs), vqgan (weights; default: stage 40's output). Renderer: run_dir/train/export.
 # One process (sampling is sequential in patches); `--only NAME ...` runs some of the jobs.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-launch pipeline.sample --config "$CONFIG" "${STAGE_ARGS[@]}"
+launch pipeline.sampling.sample --config "$CONFIG" "${STAGE_ARGS[@]}"

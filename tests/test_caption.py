@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import caption, ingest_images
-from pipeline.manifest import IMAGE_COLUMNS, load_image_crop, read_rows
+from pipeline.curation import caption, ingest_images
+from pipeline.formats.manifest import IMAGE_COLUMNS, load_image_crop, read_rows
 from tests.test_ingest_images import encode, noise
 
 WORDS = ["sky", "mountain", "lake", "tree", "river", "cloud", "snow", "field", "sea", "hill", "a", "the", "of",

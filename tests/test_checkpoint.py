@@ -11,7 +11,7 @@ import torch
 
 from model.config import preset
 from pipeline import atomic
-from pipeline.checkpoint import (
+from pipeline.training.checkpoint import (
     LATEST,
     META_NAME,
     CheckpointError,

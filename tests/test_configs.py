@@ -4,19 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.caption import CaptionConfig
 from pipeline.config import ConfigError, load_config
-from pipeline.evaluate import EvaluateConfig
-from pipeline.ingest_images import IngestImagesConfig
-from pipeline.ingest_videos import IngestVideosConfig
-from pipeline.make_demo_data import DemoDataConfig
-from pipeline.object_filter import FilterConfig
-from pipeline.renderer_io import model_config
-from pipeline.sample import SampleSection, check_jobs
-from pipeline.tokenize import TokenizeSection
-from pipeline.train import TrainSection
-from pipeline.train_vqgan import TrainVQGANSection
-from pipeline.vqgan_io import VQGANSection, architecture
+from pipeline.curation.caption import CaptionConfig
+from pipeline.curation.ingest_images import IngestImagesConfig
+from pipeline.curation.ingest_videos import IngestVideosConfig
+from pipeline.curation.object_filter import FilterConfig
+from pipeline.demo_data.make import DemoDataConfig
+from pipeline.evaluation.evaluate import EvaluateConfig
+from pipeline.formats.renderer_io import model_config
+from pipeline.formats.vqgan_io import VQGANSection, architecture
+from pipeline.sampling.sample import SampleSection, check_jobs
+from pipeline.tokens.tokenize import TokenizeSection
+from pipeline.tokens.train_vqgan import TrainVQGANSection
+from pipeline.training.settings import TrainSection
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "ingest_videos": IngestVideosConfig,

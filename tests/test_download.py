@@ -1,4 +1,4 @@
-"""pipeline.download against a real HTTP server on 127.0.0.1 run in a thread by the test."""
+"""pipeline.curation.download against a real HTTP server on 127.0.0.1 run in a thread by the test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.download import DownloadError, download
+from pipeline.curation.download import DownloadError, download
 
 BODY = bytes(range(256)) * 200  # 51,200 bytes
 ETAG = '"v1-' + hashlib.sha1(BODY).hexdigest()[:8] + '"'

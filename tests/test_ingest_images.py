@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ingest_images
-from pipeline.image_checks import CheckSettings, check_image, crop_plan
-from pipeline.manifest import IMAGE_COLUMNS, load_image_crop, read_rows, stable_id
+from pipeline.curation import ingest_images
+from pipeline.curation.image_checks import CheckSettings, check_image, crop_plan
+from pipeline.formats.manifest import IMAGE_COLUMNS, load_image_crop, read_rows, stable_id
 
 
 def noise(w: int, h: int, mode: str = "RGB", seed: int = 0) -> Image.Image:

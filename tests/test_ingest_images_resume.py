@@ -8,9 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline import ingest_images
-from pipeline.image_checks import IsolatingPool
-from pipeline.manifest import read_rows
+from pipeline.curation import ingest_images
+from pipeline.curation.image_checks import IsolatingPool
+from pipeline.formats.manifest import read_rows
 from tests.test_ingest_images import encode, noise, write_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import ingest_images
-from pipeline.manifest import read_rows, stable_id
+from pipeline.curation import ingest_images
+from pipeline.formats.manifest import read_rows, stable_id
 from tests.test_ingest_images import encode, noise, write_config
 
 

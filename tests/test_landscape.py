@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline import landscape as L
-from pipeline import make_demo_data as M
+from pipeline.demo_data import landscape as L
+from pipeline.demo_data import make as M
 
 
 def scene(**changes) -> L.Scene:

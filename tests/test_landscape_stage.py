@@ -1,4 +1,4 @@
-"""Stage 00 (pipeline.make_demo_data): files, metadata, ground truth, resuming, config handling."""
+"""Stage 00 (pipeline.demo_data.make): files, metadata, ground truth, resuming, config handling."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import landscape as L
-from pipeline import make_demo_data as M
+from pipeline.demo_data import landscape as L
+from pipeline.demo_data import make as M
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """\

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from pipeline.metrics.blocks import block_grid, block_offsets, count_blocks, iter_blocks
-from pipeline.metrics.fid import RunningStats, frechet_distance
-from pipeline.metrics.inception_score import inception_score, inception_score_from_logits
+from pipeline.evaluation.metrics.blocks import block_grid, block_offsets, count_blocks, iter_blocks
+from pipeline.evaluation.metrics.fid import RunningStats, frechet_distance
+from pipeline.evaluation.metrics.inception_score import inception_score, inception_score_from_logits
 
 
 def _random_stats(rng, d, n):
@@ -152,7 +152,7 @@ class _FlakySqrtm:
 
 
 def test_frechet_distance_eps_offset_fallback(monkeypatch, caplog):
-    import pipeline.metrics.fid as fid
+    import pipeline.evaluation.metrics.fid as fid
 
     rng = np.random.default_rng(5)
     mu1, s1 = _random_stats(rng, 8, 50)
@@ -166,7 +166,7 @@ def test_frechet_distance_eps_offset_fallback(monkeypatch, caplog):
 
 
 def test_frechet_distance_rejects_a_large_imaginary_component(monkeypatch):
-    import pipeline.metrics.fid as fid
+    import pipeline.evaluation.metrics.fid as fid
 
     rng = np.random.default_rng(6)
     mu, s = _random_stats(rng, 4, 30)

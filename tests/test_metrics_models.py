@@ -16,12 +16,12 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline import manifest
-from pipeline.metrics import extract
-from pipeline.metrics.blocks import iter_blocks
-from pipeline.metrics.fid import frechet_distance
-from pipeline.metrics.i3d import InceptionI3d, _same_padding, load_i3d
-from pipeline.metrics.inception import FIDInceptionE, InceptionFeatures, build_inception3, load_inception
+from pipeline.evaluation.metrics import extract
+from pipeline.evaluation.metrics.blocks import iter_blocks
+from pipeline.evaluation.metrics.fid import frechet_distance
+from pipeline.evaluation.metrics.i3d import InceptionI3d, _same_padding, load_i3d
+from pipeline.evaluation.metrics.inception import FIDInceptionE, InceptionFeatures, build_inception3, load_inception
+from pipeline.formats import manifest
 
 SMALL = 75  # Inception-v3's smallest input
 
@@ -194,7 +194,7 @@ def clip_dir(tmp_path_factory):
 
 
 def test_clip_sim_from_a_local_directory(clip_dir):
-    from pipeline.metrics.clip_sim import clip_similarities, clip_weight_files, load_clip
+    from pipeline.evaluation.metrics.clip_sim import clip_similarities, clip_weight_files, load_clip
 
     model, processor = load_clip(clip_dir)
     assert [p.name for p in clip_weight_files(clip_dir)] == ["model.safetensors"]
@@ -228,7 +228,7 @@ def _write_png(path: Path, rng, h, w, prompt=None):
 
 def _make_run(tmp_path, weights_dir, clip_dir=None, with_inception=True):
     """Generated PNGs + MP4s, a reference image manifest and a reference video folder, and a config."""
-    from pipeline.video_io import write_mp4
+    from pipeline.formats.video_io import write_mp4
 
     rng = np.random.default_rng(7)
     gen = tmp_path / "run" / "samples"
@@ -260,8 +260,8 @@ def _make_run(tmp_path, weights_dir, clip_dir=None, with_inception=True):
 
 
 def test_evaluate_stage_values_skips_and_reference_cache(tmp_path, weights_dir, monkeypatch):
-    from pipeline import evaluate as ev
     from pipeline.atomic import sha256_file
+    from pipeline.evaluation import evaluate as ev
 
     config = _make_run(tmp_path, weights_dir)
     calls, distances = [], []
@@ -298,7 +298,7 @@ def test_evaluate_stage_values_skips_and_reference_cache(tmp_path, weights_dir, 
     assert fid["weights_sha256"] == sha_inception
 
     # the statistics handed to the Fréchet distance are those of every block through the network
-    # (pipeline/metrics/fid.py itself is checked against SciPy in test_metrics_math.py)
+    # (pipeline/evaluation/metrics/fid.py itself is checked against SciPy in test_metrics_math.py)
     model = load_inception(weights_dir / "pt_inception-fid.pth", input_size=SMALL)
     gen_imgs = [np.asarray(Image.open(tmp_path / "run" / "samples" / f"sample_{i}.png")) for i in range(3)]
     rows = [r for r in manifest.read_rows(tmp_path / "real" / "manifest.parquet") if r["split"] == "test"]
@@ -350,8 +350,8 @@ def test_evaluate_stage_values_skips_and_reference_cache(tmp_path, weights_dir, 
 
 
 def test_reference_cache_key_decides_reuse(tmp_path):
-    from pipeline.metrics import reference
-    from pipeline.metrics.fid import RunningStats
+    from pipeline.evaluation.metrics import reference
+    from pipeline.evaluation.metrics.fid import RunningStats
 
     computed = []
 
@@ -384,8 +384,8 @@ def test_reference_cache_key_decides_reuse(tmp_path):
 
 
 def test_evaluate_without_inception_weights_skips_with_reasons(tmp_path, weights_dir, clip_dir, caplog):
-    from pipeline import evaluate as ev
     from pipeline.config import load_config
+    from pipeline.evaluation import evaluate as ev
 
     config = _make_run(tmp_path, weights_dir, clip_dir=clip_dir, with_inception=False)
     raw = yaml.safe_load(config.read_text())
@@ -405,8 +405,8 @@ def test_evaluate_without_inception_weights_skips_with_reasons(tmp_path, weights
 
 
 def test_evaluate_config_errors_name_the_key(tmp_path, weights_dir):
-    from pipeline import evaluate as ev
     from pipeline.config import ConfigError, load_config
+    from pipeline.evaluation import evaluate as ev
 
     config = _make_run(tmp_path, weights_dir)
     raw = yaml.safe_load(config.read_text())

@@ -1,4 +1,4 @@
-"""Stage 20 (pipeline.object_filter): the decision rule, a tiny random Mask R-CNN in torchvision's
+"""Stage 20 (pipeline.curation.object_filter): the decision rule, a tiny random Mask R-CNN in torchvision's
 state-dict format, re-tuning without the detector, ranks and SIGKILL."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import object_filter as of
 from pipeline.config import ConfigError, load_config
-from pipeline.manifest import CLIP_COLUMNS, read_rows, write_rows
+from pipeline.curation import object_filter as of
+from pipeline.formats.manifest import CLIP_COLUMNS, read_rows, write_rows
+from pipeline.formats.video_io import write_mp4
 from pipeline.ranks import RankInfo
-from pipeline.video_io import write_mp4
 from tests.test_video_io import moving_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(reference, tmp_path, weight
     _, ref = reference
     cfg = make_run(tmp_path, weights, clip_rows)
     chunks = tmp_path / "run" / "data" / "videos" / "filter_chunks"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.object_filter", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.curation.object_filter", "--config", str(cfg)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180

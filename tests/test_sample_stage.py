@@ -11,11 +11,11 @@ from PIL import Image
 from model.config import preset
 from model.renderer import Renderer
 from model.vqgan import VQGAN, VQGANConfig
-from pipeline import sample
 from pipeline.config import ConfigError
-from pipeline.export import write_export
-from pipeline.text_tokenizer import byte_level
-from pipeline.vqgan_io import save_vqgan
+from pipeline.formats.text_tokenizer import byte_level
+from pipeline.formats.vqgan_io import save_vqgan
+from pipeline.sampling import sample
+from pipeline.training.export import write_export
 
 VQ = dict(ch=32, ch_mult=[1, 1], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=8, n_embed=256,
           norm_groups=8, resolution=16)
@@ -119,7 +119,7 @@ def test_wide_image_extension_and_video_jobs(tmp_path, models):
     with Image.open(out / "ext.png") as im:
         assert im.size == (32, 16)
     # video: 1 given + 2 predicted frames, frame 0's codes are the given frame's
-    from pipeline.video_io import probe
+    from pipeline.formats.video_io import probe
 
     info = probe(out / "clip.mp4")
     assert (info.width, info.height) == (24, 16)

@@ -7,7 +7,8 @@ from model.config import SamplingConfig, preset
 from model.directions import Direction, Grid
 from model.renderer import Renderer
 from model.vqgan import VQGAN, VQGANConfig
-from pipeline.sampling import (
+from pipeline.formats.text_tokenizer import byte_level
+from pipeline.sampling.generate import (
     CodeCollector,
     GivenCodes,
     MemoryLedger,
@@ -17,8 +18,7 @@ from pipeline.sampling import (
     generate,
     slab_axis,
 )
-from pipeline.text_tokenizer import byte_level
-from pipeline.vq_decode_stream import Canvases, ImageStreamDecoder
+from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder
 
 TRAINED = Grid(2, 2)  # the tiny model's "training size" in these tests: 2 x 2 patches
 

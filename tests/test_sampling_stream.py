@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from model.vqgan import VQGAN, VQGANConfig
-from pipeline.sampling import CodeFileWriter, Slab
-from pipeline.vq_decode_stream import (
+from pipeline.sampling.generate import CodeFileWriter, Slab
+from pipeline.sampling.stream_decode import (
     Canvases,
     ImageStreamDecoder,
     VideoStreamDecoder,

@@ -7,9 +7,9 @@ import random
 import pytest
 import yaml
 
-from pipeline import split
 from pipeline.config import ConfigError, from_dict
-from pipeline.manifest import IMAGE_COLUMNS, read_rows, stable_id, write_rows
+from pipeline.curation import split
+from pipeline.formats.manifest import IMAGE_COLUMNS, read_rows, stable_id, write_rows
 
 
 def ids(n: int) -> list[str]:

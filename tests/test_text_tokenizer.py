@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.text_tokenizer import (
+from pipeline.formats.text_tokenizer import (
     PAD_ID,
     TextTokenizer,
     TokenizerError,
@@ -28,7 +28,7 @@ TRAIN_AND_PRINT = """
 import hashlib, sys
 sys.path.insert(0, sys.argv[1])
 from tests.test_text_tokenizer import CAPTIONS
-from pipeline.text_tokenizer import train_bpe
+from pipeline.formats.text_tokenizer import train_bpe
 print(hashlib.sha256(train_bpe(CAPTIONS, 200).to_json().encode()).hexdigest())
 """
 

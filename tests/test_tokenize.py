@@ -17,9 +17,10 @@ import yaml
 from PIL import Image
 
 from model.vqgan import VQGAN, preset
-from pipeline import decode, manifest, shards, tokenize, vqgan_io
 from pipeline.config import ConfigError
-from pipeline.video_io import write_mp4
+from pipeline.formats import manifest, shards, vqgan_io
+from pipeline.formats.video_io import write_mp4
+from pipeline.tokens import decode, tokenize
 from tests.test_vqgan_train import make_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_killed_run_resumes_to_byte_identical_shards(data, tmp_path):
     os.mkfifo(blocker)
     cfg = setup_run(tmp_path, rows, data["weights"])
     folder = tmp_path / "run" / "tokens" / "images" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tokenize", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tokens.tokenize", "--config", str(cfg)], cwd=ROOT,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -136,7 +137,7 @@ def test_killed_run_resumes_to_byte_identical_shards(data, tmp_path):
 
 def test_two_ranks_give_the_same_codes_as_one(data, tmp_path):
     cfg = setup_run(tmp_path, data["rows"], data["weights"])
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.tokenize", "--config", str(cfg)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.tokens.tokenize", "--config", str(cfg)], cwd=ROOT,
                               env=subprocess_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for r in (0, 1)]
     for p in procs:

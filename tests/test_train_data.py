@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from model.config import preset
-from pipeline.shards import TokenSet, TokenSetMeta, merge_index, shard_name, write_meta, write_shard
-from pipeline.text_tokenizer import build
-from pipeline.train_data import (
+from pipeline.formats.shards import TokenSet, TokenSetMeta, merge_index, shard_name, write_meta, write_shard
+from pipeline.formats.text_tokenizer import build
+from pipeline.training.data import (
     DataError,
     DataPosition,
     GlobalBatchSampler,
@@ -25,7 +25,7 @@ WORDS = ["blue", "misty", "lake", "mountain", "sunset", "forest", "snow", "river
 
 def make_token_set(folder: Path, n: int = 16, grid=(1, 8, 8), vocab: int = 256, shards: int = 2,
                    seed: int = 0) -> Path:
-    """A small finished token set in the pipeline.shards format: smooth code ramps plus captions."""
+    """A small finished token set in the pipeline.formats.shards format: smooth code ramps plus captions."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = TokenSetMeta(grid=tuple(grid), vocab_size=vocab, downsample=16, vqgan_sha256="0" * 64)

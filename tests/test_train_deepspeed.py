@@ -1,6 +1,6 @@
 """Render-and-optimize on real DeepSpeed (CPU, gloo): ranks, nodes, steps, exact resume, export, bad input.
 
-Every run is a real launcher process (python -m pipeline.train, torchrun with 2 ranks, two torchrun
+Every run is a real launcher process (python -m pipeline.training.train, torchrun with 2 ranks, two torchrun
 "nodes"), the tiny preset on 8x8 code grids (2x2 patches), 16 items, global batch 4: 4 batches per
 epoch, 4 optimizer steps per batch, 32 steps in 2 epochs. One uninterrupted single-rank ZeRO-2 fp32
 run is the reference the other runs are compared with.
@@ -26,9 +26,9 @@ import yaml
 from model.directions import Direction, Grid
 from model.patches import get_patch
 from model.pool import ContextPool
-from pipeline.renderer_io import RendererLoadError, load_renderer
-from pipeline.shards import TokenSet, shard_name
-from pipeline.validate import validation_bits_per_token
+from pipeline.formats.renderer_io import RendererLoadError, load_renderer
+from pipeline.formats.shards import TokenSet, shard_name
+from pipeline.training.validate import validation_bits_per_token
 from tests.test_train_data import make_token_set
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,8 @@ PROBE = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[3])
 from pipeline.config import load_config
-from pipeline.train import ensure_launcher_env, read_train_section, run_training
+from pipeline.training.settings import read_train_section
+from pipeline.training.train import ensure_launcher_env, run_training
 from tests.test_train_deepspeed import probe_logits
 ensure_launcher_env()
 cfg = load_config(sys.argv[1])
@@ -96,9 +97,9 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]
 
 def train_cmd(config: Path, ranks: int = 1, extra: tuple = ()) -> list[str]:
     if ranks == 1:
-        return [sys.executable, "-m", "pipeline.train", "--config", str(config), *extra]
+        return [sys.executable, "-m", "pipeline.training.train", "--config", str(config), *extra]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-            str(free_port()), "-m", "pipeline.train", "--config", str(config), *extra]
+            str(free_port()), "-m", "pipeline.training.train", "--config", str(config), *extra]
 
 
 def train(config: Path, ranks: int = 1, extra: tuple = (), timeout: float = 240, ok: bool = True) -> str:
@@ -182,7 +183,7 @@ def test_reference_run_steps_once_per_patch(reference):
 
 def test_loss_region_full_steps_once_per_batch_and_samples_images(data, tmp_path):
     from model.vqgan import VQGAN, preset
-    from pipeline.vqgan_io import save_vqgan
+    from pipeline.formats.vqgan_io import save_vqgan
 
     run = tmp_path / "full"
     torch.manual_seed(0)
@@ -221,7 +222,7 @@ def test_two_nodes_match_one_node(reference, data, tmp_path):
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-               "--rdzv_id", "nodes-test", "-m", "pipeline.train", "--config", str(config)]
+               "--rdzv_id", "nodes-test", "-m", "pipeline.training.train", "--config", str(config)]
         procs.append((start(cmd, run / f"node{node}.txt"), run / f"node{node}.txt"))
     outs = [finish(p, log, 300) for p, log in procs]
     assert all(rc == 0 for rc, _ in outs), "\n".join(o[-3000:] for _, o in outs)

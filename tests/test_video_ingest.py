@@ -1,4 +1,4 @@
-"""Stage 15 (pipeline.ingest_videos) on a corpus of odd videos made here with PyAV."""
+"""Stage 15 (pipeline.curation.ingest_videos) on a corpus of odd videos made here with PyAV."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.ingest_videos import CutSettings, IngestVideosConfig, check_video, main, pick_pexels_file, run
-from pipeline.manifest import CLIP_COLUMNS, read_rows
+from pipeline.curation.ingest_videos import CutSettings, IngestVideosConfig, check_video, main, pick_pexels_file, run
+from pipeline.formats.manifest import CLIP_COLUMNS, read_rows
+from pipeline.formats.video_io import VideoInfo, probe, read_frames_at
 from pipeline.ranks import RankInfo
-from pipeline.video_io import VideoInfo, probe, read_frames_at
 from tests.test_video_io import RED, halves, make_audio_only, make_video, moving_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(corpus, tmp_path):
     shutil.rmtree(run_dir)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.ingest_videos", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.curation.ingest_videos", "--config", str(cfg)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunks = run_dir / "data" / "videos" / "chunks"
     deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""pipeline.video_io reading: probe, timestamp resampling, rotation; plus the odd-video corpus builder
+"""pipeline.formats.video_io reading: probe, timestamp resampling, rotation; plus the odd-video corpus builder
 that the ingest and filter tests import."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.video_io import VideoError, crop_box, iter_resampled, probe, read_frames_at, write_mp4
+from pipeline.formats.video_io import VideoError, crop_box, iter_resampled, probe, read_frames_at, write_mp4
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 

@@ -13,9 +13,10 @@ import torch
 import yaml
 
 from model.vqgan import VQGAN, preset
-from pipeline import atomic, vqgan_io
+from pipeline import atomic
 from pipeline.config import ConfigError, load_config
-from pipeline.vqgan_losses import LPIPS, VGG16_LAYOUT, WeightsError
+from pipeline.formats import vqgan_io
+from pipeline.tokens.vqgan_losses import LPIPS, VGG16_LAYOUT, WeightsError
 
 
 class NotATensor:

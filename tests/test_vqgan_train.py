@@ -11,8 +11,9 @@ import yaml
 from PIL import Image
 
 from model.vqgan import VQGAN, preset
-from pipeline import manifest, train_vqgan, vqgan_io
 from pipeline.config import load_config
+from pipeline.formats import manifest, vqgan_io
+from pipeline.tokens import train_vqgan
 
 
 def make_images(folder: Path, n: int, side: int, seed: int = 0, splits: tuple[str, ...] = ("",)) -> list[dict]:
@@ -134,7 +135,7 @@ def test_two_ranks_under_torchrun_match_one_rank_with_the_same_global_batch(tmp_
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "pipeline.train_vqgan", "--config", str(cfg_two)], env=env, capture_output=True,
+                           "-m", "pipeline.tokens.train_vqgan", "--config", str(cfg_two)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 rank(s) x batch 2" in proc.stderr

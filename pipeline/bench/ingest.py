@@ -4,7 +4,7 @@
 
 Writes synthetic landscape-like photos (smooth gradients plus texture, so that JPEG sizes and decode
 times resemble real photographs; LHQ1024 files are ~1024x1024 JPEGs) into a temporary folder, then
-times `pipeline.ingest_images.run` over them twice: `cold` (every chunk processed) and `resumed` (a
+times `pipeline.curation.ingest_images.run` over them twice: `cold` (every chunk processed) and `resumed` (a
 re-run that finds every chunk finished and only lists the folder). Run it on an otherwise idle
 machine: the figure is per machine, not per core.
 """
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--format", default="JPEG", choices=["JPEG", "PNG", "WEBP"])
     args = ap.parse_args(argv)
 
-    from pipeline.ingest_images import ImageSource, IngestImagesConfig, run
+    from pipeline.curation.ingest_images import ImageSource, IngestImagesConfig, run
     from pipeline.ranks import RankInfo
 
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:

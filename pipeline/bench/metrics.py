@@ -19,7 +19,7 @@ import torch
 
 
 def _time_device(device: torch.device, batch: int, size: int, iters: int, block: int) -> dict:
-    from pipeline.metrics.inception import InceptionFeatures, build_inception3
+    from pipeline.evaluation.metrics.inception import InceptionFeatures, build_inception3
 
     torch.manual_seed(0)
     model = InceptionFeatures(build_inception3(1008, aux_logits=False, fid_blocks=True), "pytorch-fid",
@@ -51,7 +51,7 @@ def _time_device(device: torch.device, batch: int, size: int, iters: int, block:
 
 
 def _time_frechet(dim: int, samples: int) -> dict:
-    from pipeline.metrics.fid import frechet_distance
+    from pipeline.evaluation.metrics.fid import frechet_distance
 
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(samples, dim)), rng.normal(size=(samples, dim)) + 0.1

@@ -41,8 +41,8 @@ from model.pool import ContextPool
 from model.renderer import Renderer
 from model.vqgan import VQGAN
 from model.vqgan import preset as vq_preset
-from pipeline.sampling import CodeCollector, MemoryLedger, generate, slab_axis
-from pipeline.vq_decode_stream import Canvases, ImageStreamDecoder, write_png
+from pipeline.sampling.generate import CodeCollector, MemoryLedger, generate, slab_axis
+from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, write_png
 
 # Every part of the bench walks the grid in one order: the cache bench primes the pool in it and
 # renders in it, so the two must not drift apart.

@@ -3,7 +3,7 @@
 One process, one rank, a real DeepSpeed engine (ZeRO-2 by default; bf16 on CUDA) running the trainer's
 own `train_batch` (render-and-optimize) on random codes - the data loader is not part of it:
 
-- throughput: tokens/s, samples/s, seconds per optimizer step, MFU (pipeline.monitor's FLOPs formula
+- throughput: tokens/s, samples/s, seconds per optimizer step, MFU (pipeline.training.monitor's FLOPs formula
   and peak table) and peak memory, on a `--grid` H x W patch grid in the column order;
 - per-patch stepping vs one step per batch: the same batches once with an optimizer step after every
   patch (Algorithm 1) and once with every patch's gradient accumulated into a single step (loss
@@ -35,7 +35,7 @@ def _engine(cfg, device, micro: int, gas: int, bf16: bool, torch_adam: bool):
     import deepspeed
 
     from model.renderer import Renderer
-    from pipeline.train import TrainSection, finalize_ds_config
+    from pipeline.training.settings import TrainSection, finalize_ds_config
 
     sec = TrainSection(micro_batch=micro, global_batch=micro, bf16=bf16)
     ds = {**DS_BASE, "optimizer": {"type": "Adam", "params": {"torch_adam": torch_adam}}}
@@ -47,7 +47,7 @@ def _engine(cfg, device, micro: int, gas: int, bf16: bool, torch_adam: bool):
 
 
 def _batches(cfg, device, micro: int, grid, n: int, seed: int):
-    from pipeline.train_data import MicroBatch
+    from pipeline.training.data import MicroBatch
 
     g = torch.Generator().manual_seed(seed)
     hp, wp, fp = cfg.patch
@@ -65,7 +65,7 @@ def _batches(cfg, device, micro: int, grid, n: int, seed: int):
 
 def _run(engine, batches, grid, direction, cfg, device):
     """Seconds, optimizer steps, context tokens per patch and peak memory over the batches."""
-    from pipeline.train_loop import train_batch
+    from pipeline.training.loop import train_batch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     from model.config import preset
     from model.directions import Direction, Grid
     from model.pool import ContextPool
-    from pipeline.monitor import patch_train_flops, peak_flops
-    from pipeline.train import ensure_launcher_env
+    from pipeline.training.monitor import patch_train_flops, peak_flops
+    from pipeline.training.train import ensure_launcher_env
 
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -5,7 +5,7 @@
                                    [--weights FILE] [--device auto] [--skip cutting|detector]
 
 Cutting: synthetic H.264 sources (textured, moving; made first, not timed) go through
-`pipeline.video_io.probe` + `cut_clips` in this one process, as one ingest worker does (the stage
+`pipeline.formats.video_io.probe` + `cut_clips` in this one process, as one ingest worker does (the stage
 runs `workers` of them). Detector: torchvision maskrcnn_resnet50_fpn at its default 800/1333
 resize on size x size frames; random weights unless --weights names a state dict. With random
 weights nearly every proposal clears the 0.05 floor, so each frame carries the 100-detection
@@ -44,7 +44,7 @@ def _make_source(path: Path, width: int, height: int, seconds: float, fps: int, 
 
 
 def bench_cutting(args) -> dict:
-    from pipeline.video_io import cut_clips, probe
+    from pipeline.formats.video_io import cut_clips, probe
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -71,7 +71,7 @@ def bench_detector(args) -> dict:
     import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    from pipeline.object_filter import load_state_dict, pick_device
+    from pipeline.curation.object_filter import load_state_dict, pick_device
 
     device = pick_device(args.device)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
