@@ -10,8 +10,13 @@ the keys before attention; Post-RPE adds a learnable per-head scalar to the atte
 The patch's own keys use offset (0, 0, 0), so the table receives a gradient on every step, the
 first patch (empty pool) included, as ZeRO requires.
 
-Attention runs through `F.scaled_dot_product_attention`. Keys are ordered [context, own]: the
-own part is causal for AR and full for NAR / P-NAR; every query sees the whole context.
+Attention runs through `F.scaled_dot_product_attention` on its fused kernels (`context_attention`).
+Keys are ordered [context, own]: every query sees the whole context, and the own part is causal for
+AR (a lower-right causal mask) and full for NAR / P-NAR. No [queries x keys] tensor is built per layer:
+on CUDA the mask is `causal_lower_right`, which the flash and memory-efficient kernels apply inside;
+the CPU kernel has no lower-right causal mode, so there one additive mask per shape is built once and
+shared by every layer and step. Post-RPE's per-(head, key) logit bias is folded into the keys (one
+more head dimension), so it needs no mask either, and its gradient flows through the keys.
 
 AR sampling does not call `forward` per token: `prefill` computes a patch's context (and caption)
 keys and values once, and `decode` runs one token against them with shapes fixed for the whole
@@ -20,15 +25,58 @@ patch (model.decoding compiles that step or captures it as a CUDA graph).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from torch.utils.checkpoint import checkpoint
 
 from model.config import RenderConfig
 from model.pool import num_offsets, offset_index
+
+# Fused kernels take head dimensions that are multiples of 8 (flash on CUDA and the CPU kernel).
+HEAD_DIM_ALIGN = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _cpu_lower_right_mask(n_q: int, n_k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive [n_q, n_k] mask: query i sees keys 0 .. n_k - n_q + i (all context, causal own keys).
+    Built once per shape: the CPU kernel has no lower-right causal mode."""
+    later = torch.ones(n_q, n_k, dtype=torch.bool, device=device).triu(n_k - n_q + 1)
+    return torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill_(later, float("-inf"))
+
+
+def context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                      key_bias: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + key_bias + causal mask) v on SDPA's fused kernels.
+
+    q [B, h, Tq, d]; k, v [B, h, S + Tq, d] with the keys ordered [context, own]; `causal`: query i
+    sees the whole context and own keys 0 .. i (the causal mask aligned to the lower right);
+    key_bias [h, S + Tq] (Post-RPE) is added to every query's logits of that head and key.
+    """
+    n_q, n_k, d = q.shape[2], k.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(d)
+    if key_bias is not None:
+        # A per-(head, key) bias is a rank-one logit term: a query column of ones against a key column
+        # of bias / scale adds exactly `bias` to q k^T * scale. Zero columns pad the head to the
+        # kernels' alignment (value too: the CPU kernel wants equal head sizes); the output drops them.
+        pad = -(d + 1) % HEAD_DIM_ALIGN
+        b, h = q.shape[0], q.shape[1]
+        q = torch.cat([q, q.new_ones(b, h, n_q, 1), q.new_zeros(b, h, n_q, pad)], dim=-1)
+        col = (key_bias / scale).to(k.dtype)[None, :, :, None].expand(b, h, n_k, 1)
+        k = torch.cat([k, col, k.new_zeros(b, h, n_k, pad)], dim=-1)
+        v = F.pad(v, (0, pad + 1))
+    mask = None
+    if causal and n_q > 1:
+        if q.device.type == "cuda":
+            mask = causal_lower_right(n_q, n_k)
+        else:
+            mask = _cpu_lower_right_mask(n_q, n_k, q.dtype, q.device)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return y[..., :d] if key_bias is not None else y
 
 
 class Attention(nn.Module):
@@ -53,10 +101,15 @@ class Attention(nn.Module):
             k = k + key_add
         return self.heads(k), self.heads(v)
 
+    def dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q = self.heads(self.q(x))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p()))
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs [B, h, n, d] through the output projection."""
         b, _, n, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, n, -1))
 
@@ -83,13 +136,23 @@ class ContextSelfAttention(nn.Module):
         k, v = self.attn.keys_values(ctx, self.table[offsets])
         return k, v, None
 
+    # The additive-mask formulation used before the fused path (a [queries x keys] mask per layer,
+    # [heads x queries x keys] with Post-RPE). Kept, switched on only by `pipeline.bench attention`,
+    # which times it against the fused path in the same run.
+    masked_reference = False
+
     def forward(self, x: torch.Tensor, ctx_kv: tuple | None, causal: bool):
         k, v = self.attn.keys_values(x, self._own_key_add())
         n_ctx = 0 if ctx_kv is None else ctx_kv[0].shape[2]
         if ctx_kv is not None:
             k, v = torch.cat([ctx_kv[0], k], dim=2), torch.cat([ctx_kv[1], v], dim=2)
-        bias = None if not self.post else self._post_bias(ctx_kv, k.shape[2] - n_ctx)
-        return self.attn.attend(x, k, v, self._mask(x, n_ctx, k.shape[2] - n_ctx, causal, bias))
+        n_own = k.shape[2] - n_ctx
+        if self.masked_reference:
+            bias = None if not self.post else self._post_bias(ctx_kv, n_own)
+            return self.attn.attend(x, k, v, self._mask(x, n_ctx, n_own, causal, bias))
+        key_bias = self._post_bias(ctx_kv, n_own)[:, 0] if self.post else None
+        q = self.attn.heads(self.attn.q(x))
+        return self.attn.merge(context_attention(q, k, v, causal, key_bias, self.attn.dropout_p()))
 
     def _own_key_add(self) -> torch.Tensor | None:
         """Pre-RPE: the patch's own keys carry the bias of offset (0, 0, 0)."""
@@ -102,7 +165,7 @@ class ContextSelfAttention(nn.Module):
 
     @staticmethod
     def _mask(x, n_ctx: int, n_own: int, causal: bool, bias: torch.Tensor | None):
-        """Additive mask [1 or h, queries, keys]: causal over own keys."""
+        """Additive mask [1 or h, queries, keys]: causal over own keys (the masked reference only)."""
         n_q = x.shape[1]
         if bias is None and not (causal and n_q > 1):
             return None
