@@ -14,6 +14,7 @@ holds more than what the window can still reach: about (e_w + 1) columns in a co
 
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass
 
@@ -36,6 +37,14 @@ def offset_index(delta: Coord, expand: Coord) -> int:
 def num_offsets(expand: Coord) -> int:
     eh, ew, ef = expand
     return (2 * eh + 1) * (2 * ew + 1) * (2 * ef + 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(idx: tuple[int, ...], tokens: int, device: torch.device) -> torch.Tensor:
+    """Each context token's offset index on `device`, made once per window pattern: a grid has few of
+    them, and a fresh host-to-device copy every patch would wait for the device (a pageable copy
+    synchronises its stream). Read-only: callers only index with it."""
+    return torch.tensor(idx, dtype=torch.long).repeat_interleave(tokens).to(device)
 
 
 @dataclass
@@ -120,9 +129,8 @@ class ContextPool:
         layers = len(self._states[chosen[0]])
         states = [torch.cat([self._states[c][l] for c in chosen], dim=1) for l in range(layers)]
         tokens = states[0].shape[1] // len(chosen)
-        idx = [offset_index(tuple(a - b for a, b in zip(c, coord)), self.expand) for c in chosen]
-        offsets = torch.tensor(idx, dtype=torch.long, device=states[0].device).repeat_interleave(tokens)
-        return Context(states=states, offsets=offsets, patches=tuple(chosen))
+        idx = tuple(offset_index(tuple(a - b for a, b in zip(c, coord)), self.expand) for c in chosen)
+        return Context(states=states, offsets=_offsets(idx, tokens, states[0].device), patches=tuple(chosen))
 
     def add(self, coord: Coord, states: list[torch.Tensor]) -> None:
         """Eq. 3. States are stored detached: the gradient of a later patch stops at the pool."""

@@ -53,7 +53,7 @@ class RenderOutput(NamedTuple):
     loss: torch.Tensor  # mean cross-entropy (nats) over the predicted tokens
     logits: torch.Tensor  # [B, T, V]
     states: list[torch.Tensor]  # per layer [B, T, D], detached
-    num_predicted: int
+    num_predicted: int | torch.Tensor  # P-NAR: a device tensor (reading it would wait for the device)
 
 
 class Renderer(nn.Module):
@@ -223,7 +223,7 @@ class Renderer(nn.Module):
         h, _ = self._run(x, context, text, causal=False, dvec=dvec)
         logits = self._logits(h)
         loss = F.cross_entropy(logits[mask].float(), tokens[mask])
-        return RenderOutput(loss, logits, self._states(tokens, context, text, dvec), int(mask.sum()))
+        return RenderOutput(loss, logits, self._states(tokens, context, text, dvec), mask.sum())
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -32,7 +32,7 @@ from model.patches import get_patch, put_patch
 from model.pool import ContextPool
 from pipeline.training.checkpoint import CheckpointError, CheckpointStore, capture_rng, restore_rng, tag_for
 from pipeline.training.data import DataError, DataPosition, MicroBatch, TrainData
-from pipeline.training.monitor import Stopwatch, TrainMonitor, patch_train_flops
+from pipeline.training.monitor import PhaseClock, Stopwatch, TrainMonitor, patch_train_flops
 
 log = logging.getLogger("train")
 
@@ -104,35 +104,62 @@ def _grad_norm(engine):
     return g.detach() if torch.is_tensor(g) else g
 
 
+class _NoClock:
+    def start(self) -> None:
+        pass
+
+    def mark(self, phase: str) -> None:
+        pass
+
+
+def _floats(values: list) -> list[float | None]:
+    """Device scalars to floats with one read-back, not one per value (None stays None)."""
+    tensors = [v for v in values if torch.is_tensor(v)]
+    read = iter(torch.stack([t.float() for t in tensors]).tolist()) if tensors else iter(())
+    return [None if v is None else (next(read) if torch.is_tensor(v) else float(v)) for v in values]
+
+
 def train_batch(engine, micro_batches: list[MicroBatch], grid: Grid, direction: Direction, cfg: RenderConfig,
-                generator: torch.Generator | None = None, keep_prediction: bool = False) -> BatchResult:
-    """Run Algorithm 1 over one batch (all its micro-batches) and return what happened."""
+                generator: torch.Generator | None = None, keep_prediction: bool = False,
+                clock: PhaseClock | None = None) -> BatchResult:
+    """Run Algorithm 1 over one batch (all its micro-batches) and return what happened.
+
+    Nothing in the patch loop reads a device value back to the host (losses, token counts and grad norms
+    stay on the device until the batch is done), so the host can queue patch n+1 while the device works."""
     device = micro_batches[0].codes.device
+    clock = clock or _NoClock()
     schedule = direction.schedule(grid)
     pools = [ContextPool(grid, direction, cfg.expand) for _ in micro_batches]
     loss_sums = torch.zeros(len(schedule), device=device, dtype=torch.float32)
     prediction = torch.zeros_like(micro_batches[0].codes[:1]) if keep_prediction else None
     lrs, norms, context_tokens, predicted = [], [], [], 0
+    clock.start()
     for n, coord in enumerate(schedule):
         for a, mb in enumerate(micro_batches):
             ctx = pools[a].context(coord, device)
             lr_used = engine.get_lr()[0]
             steps_before = engine.global_steps
+            clock.mark("context")
             out = engine(get_patch(mb.codes, coord, cfg.patch), ctx, mb.text_ids, mb.text_mask,
                          generator=generator, direction=direction)
+            clock.mark("forward")
             engine.backward(out.loss)
+            clock.mark("backward")
             engine.step()
+            clock.mark("step")
             if engine.global_steps != steps_before:  # an accumulation boundary: a real optimizer step
                 lrs.append(lr_used)
                 norms.append(_grad_norm(engine))
             loss_sums[n] += out.loss.detach().float()
-            predicted += int(out.num_predicted)
+            predicted = predicted + out.num_predicted  # P-NAR's is a device tensor: read once, below
             if a == 0 and prediction is not None:
                 put_patch(prediction, coord, cfg.patch, out.logits[:1].detach().argmax(-1))
-            pools[a].add(coord, out.states)
-            pools[a].remove(coord)
             if a == 0:
                 context_tokens.append(ctx.length)
+            clock.mark("bookkeeping")
+            pools[a].add(coord, out.states)
+            pools[a].remove(coord)
+            clock.mark("pool_update")
     if world() > 1:
         dist.all_reduce(loss_sums)
     losses = (loss_sums / (len(micro_batches) * world())).tolist()
@@ -144,8 +171,8 @@ def train_batch(engine, micro_batches: list[MicroBatch], grid: Grid, direction: 
                             "enable train.grad_clip, or check the data.")
     return BatchResult(
         patch_losses=losses, step_lrs=[float(x) for x in lrs],
-        step_grad_norms=[None if g is None else float(g) for g in norms],
-        context_tokens=context_tokens, num_predicted=predicted,
+        step_grad_norms=_floats(norms),
+        context_tokens=context_tokens, num_predicted=int(predicted),
         prediction=None if prediction is None else prediction[0].cpu())
 
 

@@ -218,6 +218,22 @@ class Stopwatch:
         return time.perf_counter() - self.t0
 
 
+class PhaseClock(Stopwatch):
+    """Where a patch step's time goes (pipeline.bench train): wall seconds per phase of `train_batch`.
+
+    Synchronises the device at every phase boundary, so that each phase is charged with its own device
+    work; a training run passes no clock and so never synchronises inside a batch."""
+
+    def __init__(self, device: torch.device):
+        super().__init__(device)
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        dt = self.seconds()
+        self.phases[phase] = self.phases.get(phase, 0.0) + dt
+        self.t0 += dt
+
+
 class VQGANPreview:
     """Decodes code grids to images for tensorboard (rank 0), with the run's VQGAN (section `vqgan`).
 

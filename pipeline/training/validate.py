@@ -71,11 +71,12 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
         for p, coord in enumerate(schedule):
             out = renderer(get_patch(codes, coord, cfg.patch), pool.context(coord, device), text_ids, text_mask,
                            generator=generator, direction=direction)
-            nats = float(out.loss) * out.num_predicted
+            n_pred = int(out.num_predicted)
+            nats = float(out.loss) * n_pred
             total_nats += nats
-            total_tokens += out.num_predicted
+            total_tokens += n_pred
             per_patch[p] += nats
-            per_patch_tokens[p] += out.num_predicted
+            per_patch_tokens[p] += n_pred
             pool.add(coord, out.states)
             pool.remove(coord)
     renderer.train(was_training)
