@@ -26,8 +26,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: torch.dtype) -> dict:
-    cfg = preset(name)
+def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: torch.dtype, **overrides) -> dict:
+    cfg = preset(name, **overrides)
     model = Renderer(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     grid = Grid(5, 5)
