@@ -6,6 +6,8 @@
 #   ./run.sh stages 30-50 --config C.yaml run the stages numbered 30..50 of stages/ for config C
 #   ./run.sh stages all --config C.yaml   every stage
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
+#   ./run.sh gpu-wheels                   put DeepSpeed and what it needs as wheels in .whl/ (for a bare GPU machine)
+#   ./run.sh gpu-check [--dir D]          on a GPU machine: tests + benches in one JSON (no venv; docs/gpu_check.md)
 #
 # Set-up is idempotent and cached: the venv is rebuilt only when pyproject.toml changes.
 set -euo pipefail
@@ -91,7 +93,23 @@ case "$cmd" in
     range="$1"; shift
     run_stages "$range" "$@"
     ;;
+  gpu-wheels)
+    # DeepSpeed is a source distribution only: build its (pure-Python) wheel here, and fetch the few packages it
+    # needs that a lent GPU machine's image lacks, for that machine's python (GPU_PYTHON, default 3.12).
+    setup
+    rm -rf "$ROOT/.whl" && mkdir -p "$ROOT/.whl"
+    "$VENV/bin/python" -m pip wheel -q --no-deps -w "$ROOT/.whl" "deepspeed==0.19.8"
+    "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+      --python-version "${GPU_PYTHON:-3.12}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d "$ROOT/.whl" \
+      pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0
+    log "wheels in .whl/ ($(du -sh "$ROOT/.whl" | cut -f1)): $(cd "$ROOT/.whl" && ls | tr '\n' ' ')"
+    ;;
+  gpu-check)
+    # No venv and no set-up: a lent GPU machine's python3 has torch; the check installs .whl/ itself.
+    exec "${PYTHON:-python3}" -m pipeline.bench.gpu_check "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "unknown command '$cmd'"; sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) log "unknown command '$cmd'"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -191,7 +191,9 @@ class Renderer(nn.Module):
         u = torch.rand(rows, generator=generator)
         n = torch.ceil(torch.cos(0.5 * math.pi * u) * t).clamp(1, t).long()
         ranks = torch.rand(rows, t, generator=generator).argsort(dim=1).argsort(dim=1)
-        return (ranks < n[:, None]).to(device)
+        # Drawn on the host (its generator is the trainer's, for exact resumes); a non-blocking copy does
+        # not make the host wait for the device's queue.
+        return (ranks < n[:, None]).to(device, non_blocking=True)
 
     # --------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, context: Context, text_ids: torch.Tensor | None = None,

@@ -96,3 +96,28 @@ def test_cpu_causal_mask_is_built_once_per_shape_not_per_layer_or_step():
     built = blocks._cpu_lower_right_mask(3, 5, torch.float32, torch.device("cpu"))
     assert torch.isinf(built).tolist() == [[False, False, False, True, True], [False] * 4 + [True], [False] * 5]
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused CUDA kernels need a CUDA device")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cuda_fused_attention_runs_without_the_math_kernel(dtype, atol, bias):
+    """On CUDA the lower-right causal mask and the folded Post-RPE bias must reach the flash or memory-efficient
+    kernel (the math kernel is switched off here), forward and backward, and give the written-out numbers."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    b, h, n_q, n_ctx, d = 2, 12, 257, 3072, 64  # base's heads and a full window of 12 patches of 256 tokens
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+               for n in (n_q, n_ctx + n_q, n_ctx + n_q))
+    key_bias = (0.1 * torch.randn(h, n_ctx + n_q, device="cuda", generator=g)).requires_grad_() if bias else None
+    leaves = [q, k, v] + ([key_bias] if bias else [])
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        out = context_attention(q, k, v, True, key_bias)
+        grads = torch.autograd.grad(out.float().square().sum(), leaves)
+    ref = written_out(q, k, v, True, key_bias)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=atol)
+    refs = torch.autograd.grad(ref.square().sum(), leaves)
+    for got, want in zip(grads, refs):
+        scale = want.double().abs().max().item()
+        torch.testing.assert_close(got.double() / scale, want.double() / scale, rtol=0, atol=atol)
