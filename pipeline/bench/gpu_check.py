@@ -13,6 +13,7 @@ process with its own time limit, inside an overall budget (default 480 s):
     train_large  the same for large
     sample       AR cache vs sliding window at batch 1 and 8, decode modes eager and CUDA graph
     vqgan        f16/16384 encode and decode
+    train_overlap     base at micro-batch 16 with ZeRO-2's overlap_comm on (a device sync after every backward)
     sample_compiled   the same with the compiled CUDA-graph step (last: compiling may take a minute)
 
 Each part is logged to stderr when it ends, and DIR/gpu_check.json is rewritten after every part, so a run cut
@@ -105,6 +106,11 @@ def plan(dry_run: bool) -> list[Part]:
         Part("sample", sample + ["eager", "graph"], 80, min_seconds=40),
         Part("vqgan", bench + ["vqgan", "--device", "cuda", "--preset", "f16_16384", "--size", "256", "--batch", "8",
                                "--iters", "3", "--dtype", "bfloat16"], 40, min_seconds=15),
+        Part("train_overlap", bench + ["train", "--preset", "base", "--device", "cuda", "--bf16", "on", "--zero-stage",
+                                       "2", "--micro-batch", "16", "--batches", "2", "--skip", "memory", "breakdown",
+                                       "syncs", "--ds", "bf16.check_grad_overflow=false",
+                                       "zero_optimization.overlap_comm=true"], 60, min_seconds=40, needs=("deepspeed",),
+             note="DeepSpeed synchronises the device after every backward with overlap_comm: what that costs"),
         Part("sample_compiled", sample + ["eager", "compiled_graph"], 90, min_seconds=40,
              note="last: torch.compile of the decode step may take a minute"),
     ]
@@ -120,7 +126,10 @@ def install(check: Check, wheels: Path, site: Path) -> dict:
     cmd = [check.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
            "--disable-pip-version-check", "--target", str(site), *map(str, found)]
     t0 = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as e:
+        return {"status": "timeout", "seconds": time.monotonic() - t0, "log_tail": str(e)[-3000:]}
     out = {"status": "ok" if done.returncode == 0 else "failed", "seconds": time.monotonic() - t0,
            "wheels": [p.name for p in found], "site": str(site)}
     if done.returncode:
@@ -150,7 +159,11 @@ print(json.dumps(out))
 
 
 def probe_env(check: Check) -> dict:
-    done = subprocess.run([check.python, "-c", ENV_PROBE], capture_output=True, text=True, env=check.env, timeout=180)
+    try:
+        done = subprocess.run([check.python, "-c", ENV_PROBE], capture_output=True, text=True, env=check.env,
+                              timeout=180)
+    except subprocess.TimeoutExpired as e:
+        return {"status": "timeout", "log_tail": str(e)[-3000:]}
     if done.returncode:
         return {"status": "failed", "log_tail": done.stderr[-3000:]}
     return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
