@@ -26,7 +26,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: torch.dtype, **overrides) -> dict:
+def patch_step(name: str, device: str, batch: int, dtype: torch.dtype, **overrides):
+    """A renderer, Adam and a patch with a full window of context (the pool as it is in the middle of an
+    image); returns (step, info): `step()` runs one forward + backward + Adam step and returns its seconds."""
     cfg = preset(name, **overrides)
     model = Renderer(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -42,10 +44,12 @@ def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: 
         pool.remove(coord)
     ctx = pool.context(target, device)
     tokens = torch.randint(0, cfg.vocab_size, (batch, t), device=device)
-    ids = torch.randint(1, cfg.text_vocab_size, (batch, min(16, cfg.text_len)), device=device)
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    times = []
-    for i in range(repeats + 1):
+    ids = mask = None
+    if cfg.has_text:
+        ids = torch.randint(1, cfg.text_vocab_size, (batch, min(16, cfg.text_len)), device=device)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+
+    def step() -> float:
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
@@ -54,13 +58,19 @@ def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: 
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
-        if i:  # the first step warms up kernels and the allocator
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"preset": name, "parameters": model.num_parameters(), "batch": batch, "tokens_per_patch": t,
-            "context_tokens": ctx.length, "dtype": str(dtype).replace("torch.", ""),
-            "median_s_per_patch_step": times[len(times) // 2],
-            "tokens_per_s": batch * t / times[len(times) // 2]}
+        return time.perf_counter() - t0
+
+    info = {"preset": name, "parameters": model.num_parameters(), "batch": batch, "tokens_per_patch": t,
+            "context_tokens": ctx.length, "dtype": str(dtype).replace("torch.", "")}
+    return step, info
+
+
+def patch_step_seconds(name: str, device: str, batch: int, repeats: int, dtype: torch.dtype, **overrides) -> dict:
+    step, info = patch_step(name, device, batch, dtype, **overrides)
+    step()  # the first step warms up kernels and the allocator
+    times = sorted(step() for _ in range(repeats))
+    return {**info, "median_s_per_patch_step": times[len(times) // 2],
+            "tokens_per_s": batch * info["tokens_per_patch"] / times[len(times) // 2]}
 
 
 def pool_ops_seconds(widths: list[int], height: int = 4) -> list[dict]:

@@ -80,28 +80,29 @@ def plan(dry_run: bool) -> list[Part]:
     if dry_run:
         train = bench + ["train", "--device", "cpu", "--preset", "tiny", "--micro-batch", "2", "4", "--grid", "2", "2",
                          "--batches", "2", "--skip", "memory", "--threads", "1"]
+        # Limits for a shared 2-core machine; the first DeepSpeed start on a CPU also JIT-builds its shm comm op.
         return [
-            Part("cuda_tests", tests, 120, bench_out=False, note="skips itself without CUDA"),
+            Part("cuda_tests", tests, 300, bench_out=False, needs=("pytest",), note="skips itself without CUDA"),
             Part("attention", bench + ["attention", "--device", "cpu", "--preset", "tiny", "--rounds", "1",
-                                       "--repeats", "1", "--threads", "1"], 120),
-            Part("train_base", train, 240, needs=("deepspeed",)),
-            Part("train_large", train + ["--zero-stage", "3"], 240, needs=("deepspeed",)),
+                                       "--threads", "1"], 400),
+            Part("train_base", train, 900, needs=("deepspeed",)),
+            Part("train_large", train + ["--zero-stage", "3"], 600, needs=("deepspeed",)),
             Part("sample", bench + ["sample", "--device", "cpu", "--batches", "1", "--repeats", "1", "--skip",
-                                    "parallel", "memory", "--threads", "1"], 120),
+                                    "parallel", "memory", "--threads", "1"], 400),
             Part("vqgan", bench + ["vqgan", "--device", "cpu", "--preset", "tiny_f16", "--size", "64",
-                                   "--iters", "1"], 60),
+                                   "--iters", "1"], 300),
         ]
     train = ["--device", "cuda", "--bf16", "on", "--zero-stage", "2", "--micro-batch", "8", "16", "32",
              "--warmup", "1", "--skip", "memory", "--ds", "bf16.check_grad_overflow=false"]
     sample = bench + ["sample", "--device", "cuda", "--batches", "1", "8", "--repeats", "2", "--skip", "parallel",
                       "memory", "images", "--decode"]
     return [
-        Part("cuda_tests", tests, 60, bench_out=False),
+        Part("cuda_tests", tests, 60, bench_out=False, needs=("pytest",)),
         Part("attention", bench + ["attention", "--device", "cuda", "--preset", "base", "--batch", "8", "--rounds",
-                                   "1", "--repeats", "3"], 45, min_seconds=30),
+                                   "3"], 90, min_seconds=30),
         Part("train_base", bench + ["train", "--preset", "base", "--batches", "2"] + train, 120, min_seconds=60,
              needs=("deepspeed",)),
-        Part("train_large", bench + ["train", "--preset", "large", "--batches", "1"] + train, 170, min_seconds=60,
+        Part("train_large", bench + ["train", "--preset", "large", "--batches", "1"] + train, 150, min_seconds=60,
              needs=("deepspeed",)),
         Part("sample", sample + ["eager", "graph"], 80, min_seconds=40),
         Part("vqgan", bench + ["vqgan", "--device", "cuda", "--preset", "f16_16384", "--size", "256", "--batch", "8",
@@ -196,8 +197,10 @@ def run_part(check: Check, part: Part, missing: dict[str, str]) -> dict:
     timeout = min(part.timeout, left)
     t0 = time.monotonic()
     with open(log_file, "w") as log:
+        # Its own process group (to stop the part and its children at its limit), in this session: whoever stops
+        # the check (the device tool at its time limit) stops the running part with it.
         proc = subprocess.Popen(cmd, cwd=REPO, env=check.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                preexec_fn=os.setpgrp)
         try:
             rc = proc.wait(timeout=timeout)
             status = "ok" if rc == 0 else ("partial" if rc == 1 and out_file.is_file() else "failed")
@@ -280,7 +283,8 @@ def _headline(name: str, p: dict) -> str:
     if name == "cuda_tests":
         return f"; {p.get('summary', '')}"
     if name == "attention":
-        return "".join(f"; {rpe}: fused/masked time {r[rpe].get('fused_over_masked_time', float('nan')):.3f}"
+        return "".join(f"; {rpe}: fused/masked time {r[rpe].get('fused_over_masked_time', float('nan')):.3f}, "
+                       f"memory saved {r[rpe].get('memory_saved_bytes', 0) / 2**20:.0f} MiB"
                        for rpe in ("pre", "post") if rpe in r)
     return ""
 

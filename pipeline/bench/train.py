@@ -173,10 +173,13 @@ def _breakdown(engine, batches, grid, direction, cfg, device, monitor_factory) -
     from pipeline.training.monitor import PhaseClock, patch_train_flops
 
     clock, parts = PhaseClock(device), _Parts(engine, device)
-    steps, logging_s = 0, 0.0
+    steps, logging_s, logging_error = 0, 0.0, None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            monitor = monitor_factory(Path(tmp), int(engine.global_steps))
+            try:
+                monitor = monitor_factory(Path(tmp), int(engine.global_steps))
+            except ImportError as e:  # tensorboard missing: the phases are still timed, logging is not
+                monitor, logging_error = None, f"no monitor: {e}"
             for micro in batches:
                 before = engine.global_steps
                 seconds, res = _timed_batch(engine, micro, grid, direction, cfg, device, clock)
@@ -186,16 +189,21 @@ def _breakdown(engine, batches, grid, direction, cfg, device, monitor_factory) -
                           "patch_losses": res.patch_losses, "items": micro[0].codes.shape[0],
                           "tokens": res.num_predicted, "seconds": seconds}
                 flops = micro[0].codes.shape[0] * sum(patch_train_flops(cfg, s) for s in res.context_tokens)
-                monitor.batch(record, res.patch_losses, res.step_lrs, res.step_grad_norms, flops, device)
+                if monitor is not None:
+                    monitor.batch(record, res.patch_losses, res.step_lrs, res.step_grad_norms, flops, device)
                 logging_s += time.perf_counter() - t0
-            monitor.close()
+            if monitor is not None:
+                monitor.close()
     finally:
         parts.remove()
     patches = len(batches) * len(grid)
     phases = {k: v / patches for k, v in clock.phases.items()}
-    phases["logging"] = logging_s / patches
+    if logging_error is None:
+        phases["logging"] = logging_s / patches
     out = {"seconds_per_patch_step": phases, "total": sum(phases.values()), "optimizer_steps": steps,
            "optimizer_parts": {k: v / patches for k, v in sorted(parts.seconds.items())}}
+    if logging_error:
+        out["logging_error"] = logging_error
     step_parts = sum(v for k, v in out["optimizer_parts"].items() if not k.startswith("reduce"))
     out["step_other"] = phases.get("step", 0.0) - step_parts  # LR schedule, engine bookkeeping, copies
     return out
