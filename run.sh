@@ -102,7 +102,8 @@ case "$cmd" in
     "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: --implementation cp \
       --python-version "${GPU_PYTHON:-3.12}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d "$ROOT/.whl" \
-      pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0
+      pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0 \
+      typing_extensions==4.16.0
     log "wheels in .whl/ ($(du -sh "$ROOT/.whl" | cut -f1)): $(cd "$ROOT/.whl" && ls | tr '\n' ' ')"
     ;;
   gpu-check)
