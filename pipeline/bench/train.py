@@ -9,7 +9,9 @@ own `train_batch` (render-and-optimize) on random codes - the data loader is not
 - per-patch stepping vs one step per batch: the same batches with an optimizer step after every patch
   (Algorithm 1) and with every patch's gradient accumulated into a single step (loss region "full"), the
   two engines taking turns batch by batch (a shared machine drifts); `patch_vs_full_time_ratio` = median
-  batch time (per patch) / median batch time (full); the goal is <= 1.10;
+  batch time (per patch) / median batch time (full), the goal being <= 1.10; also the ratio of the totals, of
+  the fastest batches, and on a CPU of the median process CPU time (with one thread, what other processes'
+  load changes least);
 - peak memory of each engine's first batch (CUDA: allocator peak less the other engine's resident memory;
   CPU: the process's resident set, both engines included);
 - `breakdown`: seconds per patch step by phase of `train_batch` (context preparation, forward, backward,
@@ -122,13 +124,16 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_batch(engine, micro, grid, direction, cfg, device, clock=None):
+def _timed_batch(engine, micro, grid, direction, cfg, device, clock=None, cpu_seconds: list | None = None):
+    """Wall seconds of one batch (and, appended to `cpu_seconds`, the process's CPU seconds)."""
     from pipeline.training.loop import train_batch
 
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train_batch(engine, micro, grid, direction, cfg, clock=clock)
     _sync(device)
+    if cpu_seconds is not None:
+        cpu_seconds.append(time.process_time() - c0)
     return time.perf_counter() - t0, res
 
 
@@ -249,13 +254,14 @@ def measure(cfg, device, micro: int, grid, direction, args, bf16: bool, ds_extra
             resident = torch.cuda.memory_allocated(device) - resident_before
     timed = _batches(cfg, device, micro, grid, args.batches, 2)
     times: dict[str, list[float]] = {"patch": [], "full": []}
+    cpu: dict[str, list[float]] = {"patch": [], "full": []}
     steps = {"patch": 0, "full": 0}
     contexts: list[int] = []
     for i, batch in enumerate(timed):
         order = ("patch", "full") if i % 2 == 0 else ("full", "patch")
         for region in order:
             before = engines[region].global_steps
-            seconds, res = _timed_batch(engines[region], batch, grid, direction, cfg, device)
+            seconds, res = _timed_batch(engines[region], batch, grid, direction, cfg, device, cpu_seconds=cpu[region])
             times[region].append(seconds)
             steps[region] += engines[region].global_steps - before
             contexts = res.context_tokens
@@ -264,7 +270,7 @@ def measure(cfg, device, micro: int, grid, direction, args, bf16: bool, ds_extra
     run: dict = {"micro_batch": micro, "ds_config": ds}
     for region in ("patch", "full"):
         med = statistics.median(times[region])
-        run[region] = {"batch_seconds": times[region], "median_batch_seconds": med,
+        run[region] = {"batch_seconds": times[region], "median_batch_seconds": med, "batch_cpu_seconds": cpu[region],
                        "optimizer_steps": steps[region],
                        "seconds_per_step": med * args.batches / max(1, steps[region]),
                        "tokens_per_s": tokens_per_batch / med, "samples_per_s": micro / med,
@@ -272,6 +278,10 @@ def measure(cfg, device, micro: int, grid, direction, args, bf16: bool, ds_extra
                        "mfu": flops_per_batch / med / peak if peak else None, "peak_memory_bytes": peaks[region]}
     run["patch_vs_full_time_ratio"] = run["patch"]["median_batch_seconds"] / run["full"]["median_batch_seconds"]
     run["patch_vs_full_total_ratio"] = sum(times["patch"]) / sum(times["full"])
+    # The fastest batch of each way: the least disturbed by other work on a shared machine.
+    run["patch_vs_full_min_ratio"] = min(times["patch"]) / min(times["full"])
+    if device.type == "cpu":  # this process's own CPU time: what other processes' load hardly changes
+        run["patch_vs_full_cpu_time_ratio"] = statistics.median(cpu["patch"]) / statistics.median(cpu["full"])
 
     def monitor_factory(folder: Path, start: int):
         return TrainMonitor(True, folder / "tb", folder / "metrics.jsonl", 10**9, start, 10**9, peak, 1)
