@@ -29,8 +29,10 @@ def test_cluster_config_trains_two_ranks(name, tmp_path):
         assert key in shipped["zero_optimization"] and shipped["zero_optimization"][key] != value
     data = make_token_set(tmp_path / "data", n=8)
     run = tmp_path / name
+    # About 40 s each on an idle 2-core machine; the limit allows for a JIT rebuild of DeepSpeed's comm op, which
+    # a run under another path to the same venv (the stage scripts' torchrun) triggers.
     out = train(write_config(run, data, micro_batch=2, epochs=1, ds_config=name, ds_overrides=CPU_ONLY.get(name, {})),
-                ranks=2)
+                ranks=2, timeout=600)
     stage = shipped["zero_optimization"]["stage"]
     assert f"world size 2 (gloo), ZeRO stage {stage}, bf16" in out
     loss, steps = losses(run)
