@@ -7,6 +7,8 @@
 #   ./run.sh stages all --config C.yaml   every stage
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
 #
+# A stage range stops at the first stage that does not finish: exit status 75 when that stage stopped
+# and can resume (training after SIGTERM), the stage's own status otherwise.
 # Set-up is idempotent and cached: the venv is rebuilt only when pyproject.toml changes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,14 +57,25 @@ run_stages() {
     log "bad stage range '$range' (use e.g. 30-50, 40 or all)"; exit 2
   fi
   local ran=0
+  # A SIGTERM / SIGINT for the whole process group also reaches the running stage, which stops
+  # cleanly (exit status 75 for training): wait for it and report, rather than die first.
+  trap 'log "signal received; waiting for the running stage to stop"' TERM INT
   for script in "$ROOT"/stages/[0-9][0-9]_*.sh; do
     local name num
     name=$(basename "$script")
     num=$((10#${name%%_*}))
     if (( num >= 10#$lo && num <= 10#$hi )); then
       log "stage $name"
-      local t0=$SECONDS
-      bash "$script" "$@"
+      local t0=$SECONDS rc=0
+      bash "$script" "$@" || rc=$?
+      if (( rc == 75 )); then
+        log "stage $name stopped before the end after $((SECONDS - t0)) s (resumable, exit status 75); the later" \
+            "stages of $range are not run: run the same command again to continue"
+        exit 75
+      elif (( rc != 0 )); then
+        log "stage $name failed (exit status $rc; its message is above); the later stages of $range are not run"
+        exit "$rc"
+      fi
       log "stage $name finished in $((SECONDS - t0)) s"
       ran=$((ran + 1))
     fi
@@ -92,6 +105,6 @@ case "$cmd" in
     run_stages "$range" "$@"
     ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "unknown command '$cmd'"; sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) log "unknown command '$cmd'"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

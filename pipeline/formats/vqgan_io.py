@@ -37,6 +37,7 @@ import torch
 from model.vqgan import VQGAN, VQGANConfig, preset
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ UNSAFE_OPTION = "vqgan.allow_unsafe_pickle: true"
 LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning", "lightning_fabric")
 
 
-class VQGANLoadError(RuntimeError):
+class VQGANLoadError(PipelineError, RuntimeError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from model.vqgan import VQGAN
 from pipeline import atomic
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import entry_point
 from pipeline.formats import manifest, vqgan_io
 from pipeline.ranks import rank_info
 from pipeline.tokens.vqgan_losses import (
@@ -187,6 +188,7 @@ def _image_grid(x: torch.Tensor, recon: torch.Tensor, n: int = 4) -> torch.Tenso
     return make_grid(pair, nrow=min(n, x.shape[0]))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
