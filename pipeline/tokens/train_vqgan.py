@@ -222,7 +222,7 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
     world, main_rank = ranks.world_size, ranks.is_main
     seed = cfg.seed
     torch.manual_seed(seed)
-    model = VQGAN(arch)
+    model = VQGAN(arch).set_arithmetic(vq_sec.arithmetic)
     start_weights = cfg.resolve(vq_sec.weights) if vq_sec.weights else None
     if start_weights is not None:
         vqgan_io.load_weights(model, start_weights, vq_sec.allow_unsafe_pickle)
