@@ -159,12 +159,18 @@ def describe(exc: BaseException) -> str | None:
     if pa is not None and isinstance(exc, pa.ArrowException):
         return f"{type(exc).__name__}: {exc}"
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+    text = str(exc).strip()
+    if dist is not None and (isinstance(exc, getattr(dist, "DistError", ())) or (
+            isinstance(exc, RuntimeError) and any(s in text for s in PEER_GONE))):
         # A peer that ended (its own error, or killed) breaks the collective this rank was in.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (text.splitlines() or [type(exc).__name__])[0].split(". This is typically")[0]
         return f"a collective with the other ranks failed, most likely because another rank ended (its message " \
-               f"is above): {first}"
+               f"says why): {first}"
     return None
+
+
+# What gloo says when the rank at the other end of a connection has ended.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
 
 def exit_status(rc: int, launched: bool) -> int:

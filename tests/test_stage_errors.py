@@ -145,17 +145,28 @@ def test_a_full_disk_during_image_ingest(tmp_path):
 
 
 @needs_mounts
-def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, ranks):
     data = make_token_set(tmp_path / "data", n=8)
     ck = tmp_path / "run" / "train" / "checkpoints"
     cfg = config(tmp_path / "t.yaml", model={"preset": "tiny"}, train={
-        "data": str(data), "micro_batch": 4, "global_batch": 4, "epochs": 1, "save_every": 4,
-        "ds_overrides": {"optimizer": {"params": {"torch_adam": True}}}})
+        "data": str(data), "micro_batch": 4 // ranks, "global_batch": 4, "epochs": 1, "save_every": 4,
+        "nproc_per_node": ranks, "ds_overrides": {"optimizer": {"params": {"torch_adam": True}}}})
     # 6 MiB: the save at step 4 (258k parameters: weights + fp32 master + Adam's two moments, ~4.1 MB)
     # completes, the one at step 8 cannot
     done = run_stage(stage("60", cfg), full=(ck,), full_kib=6 * 1024, keep=tmp_path / "left")
-    line = one_error(done, "pipeline.training.train: error: no space left on device: ", str(ck / "global_step8"))
-    assert "checkpoint global_step8 is incomplete and was removed, the last complete one is global_step4" in line
+    expected = ("pipeline.training.train: error: no space left on device: ", str(ck / "global_step8"),
+                "checkpoint global_step8 is incomplete and was removed, the last complete one is global_step4")
+    if ranks == 1:
+        one_error(done, *expected)
+    else:  # a rank that hit the full disk says so, one that got there second that its peer ended (which one
+        # is first varies); torchrun adds its own report after them
+        out = done.stdout + done.stderr
+        assert done.returncode == 1, out[-4000:]
+        lines = [line for line in out.splitlines() if "pipeline.training.train: error: " in line]
+        assert len(lines) == 2 and "[rank1]: Traceback" not in out and "[rank0]: Traceback" not in out, out[-4000:]
+        full = [line for line in lines if all(t in line for t in expected)]
+        assert full and all(line in full or "another rank ended" in line for line in lines), lines
     left = tmp_path / "left" / "0"
     assert (left / "latest").read_text() == "global_step4"
     assert sorted(p.name for p in left.iterdir() if p.is_dir()) == ["global_step4"]
