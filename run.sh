@@ -9,6 +9,8 @@
 #   ./run.sh gpu-wheels                   put DeepSpeed and what it needs as wheels in .whl/ (for a bare GPU machine)
 #   ./run.sh gpu-check [--dir D]          on a GPU machine: tests + benches in one JSON (no venv; docs/gpu_check.md)
 #
+# A stage range stops at the first stage that does not finish: exit status 75 when that stage stopped
+# and can resume (training after SIGTERM), the stage's own status otherwise.
 # Set-up is idempotent and cached: the venv is rebuilt only when pyproject.toml changes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,14 +59,25 @@ run_stages() {
     log "bad stage range '$range' (use e.g. 30-50, 40 or all)"; exit 2
   fi
   local ran=0
+  # A SIGTERM / SIGINT for the whole process group also reaches the running stage, which stops
+  # cleanly (exit status 75 for training): wait for it and report, rather than die first.
+  trap 'log "signal received; waiting for the running stage to stop"' TERM INT
   for script in "$ROOT"/stages/[0-9][0-9]_*.sh; do
     local name num
     name=$(basename "$script")
     num=$((10#${name%%_*}))
     if (( num >= 10#$lo && num <= 10#$hi )); then
       log "stage $name"
-      local t0=$SECONDS
-      bash "$script" "$@"
+      local t0=$SECONDS rc=0
+      bash "$script" "$@" || rc=$?
+      if (( rc == 75 )); then
+        log "stage $name stopped before the end after $((SECONDS - t0)) s (resumable, exit status 75); the later" \
+            "stages of $range are not run: run the same command again to continue"
+        exit 75
+      elif (( rc != 0 )); then
+        log "stage $name failed (exit status $rc; its message is above); the later stages of $range are not run"
+        exit "$rc"
+      fi
       log "stage $name finished in $((SECONDS - t0)) s"
       ran=$((ran + 1))
     fi

@@ -9,7 +9,8 @@
     bench/                       benchmarks that print JSON (`python -m pipeline.bench NAME`)
 
 What passes between stages lives in `formats/` (manifests, token shards, clips, VQGAN weights, the
-renderer export, the caption tokenizer); `config`, `atomic` and `ranks` are the helpers every stage
+renderer export, the caption tokenizer); `config`, `atomic`, `ranks`, `errors` (how every stage fails:
+one line, an exit status) and `lifeline` (no process outlives its stage) are the helpers every stage
 uses. A stage family imports `model`, `formats` and those helpers, never another stage family, with
 one documented exception: evaluation runs the trainer's held-out pass (`training.validate`).
 `tests/test_layout.py` holds the tree to these rules.

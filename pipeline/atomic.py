@@ -17,20 +17,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import writing
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `final`; on success rename it to `final`, else delete it."""
+    """Yield a temporary path next to `final`; on success rename it to `final`, else delete it.
+
+    A write that fails for a full disk, a read-only folder or the like raises
+    `pipeline.errors.WriteError` naming `final` and the cause (told before the temporary is deleted,
+    while the space it took still shows the disk full)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        fsync_path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, final)
+        with writing(final):
+            yield tmp
+            fsync_path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+            os.replace(tmp, final)
         fsync_path(final.parent, best_effort=True)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -2,7 +2,11 @@
 
 Every stage reads the same file and takes its own section, validated into a dataclass that the
 stage module defines. Unknown keys are errors (a typo must never silently fall back to a
-default), and every error names the file and the key.
+default), and every error names the file and the key. The same holds one level up: a top-level
+key that is not in `SECTIONS` (a misspelt `trian:`, say) is an error when the file is loaded.
+
+Numbers: the file is read as YAML 1.2 reads numbers, so `lr: 1e-3` is the float 0.001 (PyYAML's
+YAML 1.1 rules would make it the string '1e-3', because 1.1 wants a dot in a float).
 
 Top-level keys shared by all stages:
   run_dir:  where every stage writes (relative paths are taken from the config file's folder)
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,11 +28,44 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.errors import PipelineError
+
 T = TypeVar("T")
 
+# Every top-level key a run config may have: the shared keys, then one section per stage (in stage
+# order). A section added for a new stage goes here too; anything else in a file is an error.
+SECTIONS = (
+    "run_dir", "seed", "profiles",
+    "demo_data",  # 00
+    "ingest_images", "ingest_videos", "filter", "caption",  # 10-30
+    "vqgan", "train_vqgan", "tokenize",  # 40-50 (`vqgan` is also read by 60's previews and 70)
+    "model", "train",  # 60-65
+    "sample",  # 70
+    "evaluate",  # 80
+)
 
-class ConfigError(ValueError):
+
+class ConfigError(PipelineError, ValueError):
     """A configuration problem; the message names the file and the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-3` and `5E+2` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML text the way run configs are read (safe, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 @dataclasses.dataclass
@@ -68,19 +106,30 @@ def load_config(path: str | os.PathLike, profile: str | None = None) -> RunConfi
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    check_sections(raw, str(path))
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a mapping of name -> overlay")
+    for name, overlay in profiles.items():
+        if isinstance(overlay, dict):
+            check_sections(overlay, f"{path}: profiles.{name}")
     if profile is not None:
         if profile not in profiles or not isinstance(profiles[profile], dict):
             raise ConfigError(f"{path}: no profile {profile!r} (profiles: {sorted(profiles)})")
         raw = deep_merge(raw, profiles[profile])
     return RunConfig(path=path, raw=raw)
+
+
+def check_sections(raw: dict, where: str) -> None:
+    """Refuse top-level keys that no stage reads (a misspelt section would otherwise be ignored)."""
+    unknown = sorted(str(k) for k in raw if k not in SECTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:

@@ -12,4 +12,4 @@ then
   echo "stage 65: SKIPPED: the config has no 'profiles: {video: ...}' section, so no video renderer is trained"
   exit 0
 fi
-bash "$STAGES_DIR/60_train.sh" --config "$CONFIG" --profile video "${STAGE_ARGS[@]}"
+exec bash "$STAGES_DIR/60_train.sh" --config "$CONFIG" --profile video "${STAGE_ARGS[@]}"

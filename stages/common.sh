@@ -35,18 +35,39 @@ if [ ! -f "$CONFIG" ]; then
   echo "$(basename "$0"): config file not found: $CONFIG" >&2; exit 2
 fi
 
+# Every process of this stage ends when this script is gone (pipeline/lifeline.py), even ranks that a
+# launcher started in a session of their own.
+export NUWA_STAGE_PID="${HOSTNAME:-$(uname -n)}:$$"
+
 # launch MODULE [args...]: run a pipeline entry point under $LAUNCHER (default: plain python).
+# Exit status (pipeline/errors.py): 0 done, 1 error (one line says what and where), 2 usage,
+# 75 stopped before the end and resumable, 130 interrupted. Ranks under a launcher exit 0 after a
+# clean stop (a launcher would call anything else a crash) and report 75 through NUWA_STATUS_FILE.
 launch() {
   local module="$1"; shift
+  local rc=0
+  NUWA_STATUS_FILE=$(mktemp "${TMPDIR:-/tmp}/nuwa-status.XXXXXX")
+  export NUWA_STATUS_FILE
+  # SIGTERM / SIGINT sent to the stage's process group reach the entry point as well, which stops
+  # cleanly (the trainer finishes its batch and saves). Wait for that instead of dying at once: this
+  # shell's end would also end the ranks (pipeline/lifeline.py) before their save.
+  trap 'echo "$(basename "$0"): signal received; waiting for the stage to stop cleanly" >&2' TERM INT
   if [ -n "${LAUNCHER:-}" ]; then
     case "$LAUNCHER" in
       # the deepspeed launcher takes a module as `--module NAME` (it has no -m)
       # shellcheck disable=SC2086
-      deepspeed*) $LAUNCHER --module "$module" "$@" ;;
+      deepspeed*) $LAUNCHER --module "$module" "$@" || rc=$? ;;
       # shellcheck disable=SC2086
-      *) $LAUNCHER -m "$module" "$@" ;;
+      *) $LAUNCHER -m "$module" "$@" || rc=$? ;;
     esac
   else
-    python -m "$module" "$@"
+    python -m "$module" "$@" || rc=$?
   fi
+  trap - TERM INT
+  # A rank that stopped cleanly is resumable whatever the launcher made of the stop (torchrun exits 1
+  # when it was signalled itself).
+  if [ "$(cat "$NUWA_STATUS_FILE" 2>/dev/null)" = 75 ]; then rc=75; fi
+  rm -f "$NUWA_STATUS_FILE"
+  unset NUWA_STATUS_FILE
+  return "$rc"
 }

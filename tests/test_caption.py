@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import socket
 from pathlib import Path
@@ -167,18 +166,19 @@ def test_metadata_mode_keeps_source_captions_and_rejects_the_rest(tmp_path, capl
     assert len(read_rows(out / "caption_rejects.parquet")) == 3
 
 
-def test_no_captions_and_no_captioner_fails_clearly(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+def test_no_captions_and_no_captioner_fails_clearly(tmp_path, capsys):
     run = ingest(tmp_path, n=2)
     (tmp_path / "src/metadata.jsonl").unlink()  # the changed source rebuilds the manifest, captionless
     assert ingest_images.main(["--config", str(tmp_path / "ingest.yaml")]) == 0
     assert [r["caption"] for r in read_rows(run / "data/images/manifest.parquet")] == ["", ""]
     cfg = caption_config(tmp_path / "c.yaml", run)  # mode defaults to metadata
+    capsys.readouterr()
     assert caption.main(["--config", str(cfg)]) == 1
-    assert "no image in" in caplog.text and "no captioner is configured" in caplog.text
+    err = capsys.readouterr().err
+    assert "pipeline.curation.caption: error: " in err and "no image in" in err and "no captioner is configured" in err
     cfg = caption_config(tmp_path / "d.yaml", run, mode="model")
     assert caption.main(["--config", str(cfg)]) == 1
-    assert "mode: model needs model_dir" in caplog.text
+    assert "mode: model needs model_dir" in capsys.readouterr().err
     cfg = caption_config(tmp_path / "e.yaml", run, mode="model", model_dir=str(tmp_path / "nowhere"))
     assert caption.main(["--config", str(cfg)]) == 1
-    assert f"not a folder: {tmp_path / 'nowhere'}" in caplog.text
+    assert f"not a folder: {tmp_path / 'nowhere'}" in capsys.readouterr().err

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline import config as config_module
+from pipeline.config import ConfigError, load_config, load_yaml
 from pipeline.curation.caption import CaptionConfig
 from pipeline.curation.ingest_images import IngestImagesConfig
 from pipeline.curation.ingest_videos import IngestVideosConfig
@@ -65,3 +66,32 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_unknown_top_level_sections_are_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\ntrian: {lr: 0.001}\nmodel: {preset: tiny}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown section\(s\) \['trian'\]; known: .*'train'"):
+        load_config(bad)
+    bad.write_text("run_dir: x\nprofiles: {video: {modle: {d_model: 8}}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: profiles\.video: unknown section\(s\) \['modle'\]"):
+        load_config(bad)  # checked even when that profile is not the one asked for
+    # every section a stage reads is known (the shipped configs use only those)
+    assert set(SECTIONS) | {"run_dir", "seed", "profiles", "model"} == set(config_module.SECTIONS)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-3", 0.001), ("1E-3", 0.001), ("5e+2", 500.0), ("-2e4", -20000.0), ("1.0e-3", 0.001), (".5", 0.5),
+    ("1_000.5", 1000.5), (".inf", float("inf")), ("3", 3), ("0x10", 16), ("'1e-3'", "1e-3"), ("1e", "1e"),
+    ("e5", "e5"), ("1.2.3", "1.2.3"),
+])
+def test_numbers_are_read_as_yaml_1_2_reads_them(text, value):
+    loaded = load_yaml(f"v: {text}\n")["v"]
+    assert loaded == value and type(loaded) is type(value)
+
+
+def test_an_exponent_without_a_dot_is_a_valid_learning_rate(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train: {lr: 1e-3, micro_batch: 4, global_batch: 8}\n")
+    sec = load_config(cfg).section("train", TrainSection)
+    assert sec.lr == 0.001 and isinstance(sec.lr, float)

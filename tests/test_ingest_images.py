@@ -188,28 +188,29 @@ def test_random_crop_is_seeded_per_id_and_inside_the_image():
     assert len(seeds) > 5  # and with the run seed
 
 
-def test_config_errors_and_missing_section(tmp_path, caplog):
+def test_config_errors_and_missing_section(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     cfg = write_config(tmp_path / "a.yaml", tmp_path / "run", {"sources": [{"kind": "folder", "path": "nope"}],
                                                                "min_sid": 3})
     assert ingest_images.main(["--config", str(cfg)]) == 1
-    assert "unknown key(s) ['min_sid']" in caplog.text
+    assert "unknown key(s) ['min_sid']" in capsys.readouterr().err  # one line (pipeline.errors)
     cfg = write_config(tmp_path / "b.yaml", tmp_path / "run", {"sources": [{"kind": "folder", "path": "nope"}]})
     assert ingest_images.main(["--config", str(cfg)]) == 1
-    assert f"folder not found: {tmp_path / 'nope'}" in caplog.text
+    assert f"folder not found: {tmp_path / 'nope'}" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text(f"run_dir: {tmp_path / 'run'}\n")
     assert ingest_images.main(["--config", str(tmp_path / "c.yaml")]) == 0
     assert "nothing to do" in caplog.text
 
 
-def test_nothing_usable_is_a_clear_failure_with_rejects_written(tmp_path, caplog):
+def test_nothing_usable_is_a_clear_failure_with_rejects_written(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "small.png").write_bytes(encode(noise(20, 20), "PNG"))
     cfg = write_config(tmp_path / "a.yaml", tmp_path / "run", {"sources": [{"kind": "folder", "path": str(src)}],
                                                                "workers": 0})
     assert ingest_images.main(["--config", str(cfg)]) == 1
-    assert "no usable image among 1 item(s)" in caplog.text and "too_small" in caplog.text
+    err = capsys.readouterr().err
+    assert "no usable image among 1 item(s)" in err and "too_small" in err
     assert read_rows(tmp_path / "run/data/images/rejects.parquet")[0]["reason"] == "too_small"
     assert not (tmp_path / "run/data/images/manifest.parquet").exists()
 

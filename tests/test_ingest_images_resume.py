@@ -71,7 +71,7 @@ def test_sigkill_midway_then_rerun_gives_identical_outputs(tmp_path):
     assert not list((out / "chunks").glob(".*.tmp"))
 
 
-def test_two_ranks_give_the_same_manifest_as_one(tmp_path, monkeypatch, caplog):
+def test_two_ranks_give_the_same_manifest_as_one(tmp_path, monkeypatch, capsys):
     src = tmp_path / "src"
     make_folder(src, 9)
     one = write_config(tmp_path / "one.yaml", tmp_path / "one", section(src))
@@ -85,7 +85,8 @@ def test_two_ranks_give_the_same_manifest_as_one(tmp_path, monkeypatch, caplog):
     assert sorted(p.name for p in (out / "chunks").glob("*.done")) == ["chunk-000001.done", "chunk-000003.done"]
     assert not (out / "manifest.parquet").exists()  # rank 1 does not merge
     assert ingest_images.main(["--config", str(two), "--merge-only"]) == 1  # rank 0's chunks are missing
-    assert "3 chunk(s) not finished" in caplog.text and "chunk-000000.done" in caplog.text
+    err = capsys.readouterr().err
+    assert "3 chunk(s) not finished" in err and "chunk-000000.done" in err
     monkeypatch.setenv("RANK", "0")
     assert ingest_images.main(["--config", str(two)]) == 0
     for name in ("manifest.parquet", "rejects.parquet"):

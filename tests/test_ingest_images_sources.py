@@ -36,7 +36,7 @@ def _image_dataset(tmp_path: Path):
         "name": [f"n{i}" for i in range(len(images))]}, features=features), images
 
 
-def test_hf_dataset_on_disk_is_exported_with_captions(tmp_path, caplog):
+def test_hf_dataset_on_disk_is_exported_with_captions(tmp_path, capsys):
     import datasets
 
     ds, images = _image_dataset(tmp_path)
@@ -44,7 +44,7 @@ def test_hf_dataset_on_disk_is_exported_with_captions(tmp_path, caplog):
     source = {"kind": "hf_dataset", "path": str(tmp_path / "ds"), "caption_column": "text"}
     cfg = write_config(tmp_path / "bad.yaml", tmp_path / "run", {"sources": [source], "min_side": 48})
     assert ingest_images.main(["--config", str(cfg)]) == 1  # two splits and none chosen
-    assert "set `split` to one of ['train', 'validation']" in caplog.text
+    assert "set `split` to one of ['train', 'validation']" in capsys.readouterr().err
 
     cfg = write_config(tmp_path / "run.yaml", tmp_path / "run", {
         "sources": [{**source, "split": "train", "id_column": "name"}], "min_side": 48, "size": 48, "workers": 0,
@@ -64,14 +64,14 @@ def test_hf_dataset_on_disk_is_exported_with_captions(tmp_path, caplog):
                        stable_id("img", "train/n5"): "too_small"}
 
 
-def test_hf_dataset_single_split_with_row_numbers_and_missing_column(tmp_path, caplog):
+def test_hf_dataset_single_split_with_row_numbers_and_missing_column(tmp_path, capsys):
     ds, _ = _image_dataset(tmp_path)
     ds.select([0, 1]).save_to_disk(str(tmp_path / "ds"))
     base = {"kind": "hf_dataset", "path": str(tmp_path / "ds"), "name": "lhq"}
     cfg = write_config(tmp_path / "a.yaml", tmp_path / "run", {
         "sources": [{**base, "image_column": "picture"}], "min_side": 48})
     assert ingest_images.main(["--config", str(cfg)]) == 1
-    assert "image_column 'picture' not among ['image', 'text', 'name']" in caplog.text
+    assert "image_column 'picture' not among ['image', 'text', 'name']" in capsys.readouterr().err
     cfg = write_config(tmp_path / "b.yaml", tmp_path / "run", {"sources": [base], "min_side": 48, "workers": 0})
     assert ingest_images.main(["--config", str(cfg)]) == 0
     rows = read_rows(tmp_path / "run/data/images/manifest.parquet")

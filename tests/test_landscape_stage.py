@@ -153,10 +153,10 @@ def test_config_without_section_does_nothing_and_bad_keys_fail(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_dir: run\ndemo_data:\n  imagez: 3\n")
-    assert M.main(["--config", str(bad)]) == 2
+    assert M.main(["--config", str(bad)]) == 1  # pipeline.errors: 1 = an error the user can fix
     odd = tmp_path / "odd.yaml"
     odd.write_text("run_dir: run\ndemo_data:\n  video_size: 33\n")
-    assert M.main(["--config", str(odd)]) == 2
+    assert M.main(["--config", str(odd)]) == 1
     assert not (tmp_path / "run").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = {"pipeline", "pipeline.config", "pipeline.atomic", "pipeline.ranks"}
+SHARED = {"pipeline", "pipeline.config", "pipeline.atomic", "pipeline.ranks", "pipeline.errors", "pipeline.lifeline"}
 FAMILIES = ("curation", "tokens", "training", "sampling", "evaluation", "demo_data")
 # The only import from one stage family into another (documented in pipeline/__init__.py).
 ALLOWED_CROSS = {("evaluation", "pipeline.training.validate")}

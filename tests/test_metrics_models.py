@@ -419,4 +419,4 @@ def test_evaluate_config_errors_name_the_key(tmp_path, weights_dir):
     config.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="unknown metric.*bpt"):
         ev.evaluate(load_config(config))
-    assert ev.main(["--config", str(config)]) == 2
+    assert ev.main(["--config", str(config)]) == 1  # pipeline.errors: 1 = an error the user can fix

@@ -104,7 +104,63 @@ def test_attention_matches_taming_bmm_softmax_formula():
     w_ = F.softmax(w_, dim=2)
     ref = torch.bmm(v.reshape(b, c, -1), w_.permute(0, 2, 1)).reshape(b, c, hh, ww)
     ref = x + blk.proj_out(ref)
-    assert torch.allclose(blk(x), ref, atol=1e-5)
+    assert torch.equal(blk(x), ref)  # taming's arithmetic (the default): bit for bit
+    blk.exact = False
+    assert torch.allclose(blk(x), ref, atol=1e-5)  # fused attention: the same maths, other rounding
+
+
+def taming_encoder(model: VQGAN, x: torch.Tensor) -> torch.Tensor:
+    """Pre-quantisation latents as taming-transformers' Encoder + quant_conv compute them, op by op, from the
+    model's weights: GroupNorm, x * sigmoid(x), 1x1-conv attention through bmm / scale / softmax / bmm with
+    the weights transposed, (0, 1, 0, 1) padding before each stride-2 conv."""
+    def norm(n, h):
+        return F.group_norm(h, n.num_groups, n.weight, n.bias, n.eps)
+
+    def nonlinearity(h):
+        return h * torch.sigmoid(h)
+
+    def resnet(blk, h):
+        out = blk.conv1(nonlinearity(norm(blk.norm1, h)))
+        out = blk.conv2(nonlinearity(norm(blk.norm2, out)))
+        return (blk.nin_shortcut(h) if hasattr(blk, "nin_shortcut") else h) + out
+
+    def attention(blk, h):
+        y = norm(blk.norm, h)
+        q, k, v = blk.q(y), blk.k(y), blk.v(y)
+        b, c, hh, ww = q.shape
+        w_ = torch.bmm(q.reshape(b, c, hh * ww).permute(0, 2, 1), k.reshape(b, c, hh * ww))
+        w_ = torch.nn.functional.softmax(w_ * (int(c) ** (-0.5)), dim=2)
+        out = torch.bmm(v.reshape(b, c, hh * ww), w_.permute(0, 2, 1)).reshape(b, c, hh, ww)
+        return h + blk.proj_out(out)
+
+    enc = model.encoder
+    h = enc.conv_in(x)
+    for level in enc.down:
+        for j, blk in enumerate(level.block):
+            h = resnet(blk, h)
+            if len(level.attn):
+                h = attention(level.attn[j], h)
+        if hasattr(level, "downsample"):
+            h = level.downsample.conv(F.pad(h, (0, 1, 0, 1), mode="constant", value=0))
+    h = resnet(enc.mid.block_2, attention(enc.mid.attn_1, resnet(enc.mid.block_1, h)))
+    return model.quant_conv(enc.conv_out(nonlinearity(norm(enc.norm_out, h))))
+
+
+def test_the_encoder_computes_exactly_as_taming_does():
+    """Codes must match taming's where they are exchanged (a token set, an extension's input), so by default
+    every operation is taming's; the fused "fast" arithmetic rounds differently (measured on f16/16384 in
+    model/vqgan.py's docstring)."""
+    torch.manual_seed(0)
+    model = VQGAN(preset("tiny_f16")).eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        ref = taming_encoder(model, x)
+        assert torch.equal(model.latents(x), ref)
+        assert torch.equal(model.encode(x), model.quantize.nearest(ref))
+        fast = model.set_arithmetic("fast").latents(x)
+    assert torch.allclose(fast, ref, atol=1e-5) and not torch.equal(fast, ref)
+    with pytest.raises(ValueError, match="'taming' or 'fast'"):
+        model.set_arithmetic("exact")
 
 
 def test_downsample_pads_right_and_bottom_only():

@@ -63,6 +63,7 @@ from tqdm import tqdm
 from pipeline.config import load_config
 from pipeline.curation import chunked, split
 from pipeline.curation.chunked import fingerprint
+from pipeline.errors import PipelineError, entry_point
 from pipeline.formats.manifest import (
     IMAGE_COLUMNS,
     IMAGE_MANIFEST,
@@ -107,7 +108,7 @@ class CaptionConfig:
             raise ValueError("need 0 <= min_new_tokens <= max_new_tokens")
 
 
-class CaptionError(RuntimeError):
+class CaptionError(PipelineError, RuntimeError):
     pass
 
 
@@ -323,20 +324,18 @@ def _merge(cfg: CaptionConfig, manifest: Path, rows: list[dict], missing: list[d
     return summary
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.curation.caption", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="run YAML (section caption)")
     args = ap.parse_args(argv)
     chunked.setup_logging()
-
-    def body() -> None:
-        run_cfg = load_config(args.config)
-        if not (run_cfg.has("caption") or run_cfg.has("ingest_images")):
-            log.info("%s has neither caption nor ingest_images: no images to caption, nothing to do", run_cfg.path)
-            return
-        run(run_cfg.section("caption", CaptionConfig), run_cfg.run_dir, run_cfg.resolve)
-
-    return chunked.report_errors(log, body, (CaptionError, ManifestError, split.SplitError))
+    run_cfg = load_config(args.config)
+    if not (run_cfg.has("caption") or run_cfg.has("ingest_images")):
+        log.info("%s has neither caption nor ingest_images: no images to caption, nothing to do", run_cfg.path)
+        return 0
+    run(run_cfg.section("caption", CaptionConfig), run_cfg.run_dir, run_cfg.resolve)
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,13 +39,14 @@ from typing import Any, TypeVar
 
 from pipeline import atomic
 from pipeline.config import ConfigError, load_config, to_dict
+from pipeline.errors import PipelineError
 from pipeline.formats.manifest import read_rows, write_rows
 from pipeline.ranks import RankInfo, rank_info
 
 T = TypeVar("T")
 
 
-class IngestError(RuntimeError):
+class IngestError(PipelineError, RuntimeError):
     """The stage cannot finish: chunks missing after the wait, or nothing usable in the input."""
 
 
@@ -315,26 +316,12 @@ def ingest_main(argv: list[str] | None, module: str, doc: str, section: str, cls
     merge_only=..., config_name=...)`."""
     args = stage_parser(module, doc, section, merge_help).parse_args(argv)
     setup_logging()
-
-    def body() -> None:
-        run_cfg = load_config(args.config)
-        if not run_cfg.has(section):
-            log.info(absent, run_cfg.path)
-            return
-        cfg = run_cfg.section(section, cls, required=True)
-        log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
-        run(cfg, run_cfg.run_dir, run_cfg.seed, run_cfg.resolve, merge_only=args.merge_only,
-            config_name=str(run_cfg.path))
-
-    return report_errors(log, body)
-
-
-def report_errors(log: logging.Logger, body: Callable[[], object], errors: tuple[type[Exception], ...] = ()) -> int:
-    """Exit status of a stage body: errors the user can fix (config, missing chunks, nothing usable)
-    are logged as one line and give 1, without a traceback."""
-    try:
-        body()
-    except (ConfigError, IngestError, *errors) as e:
-        log.error("%s", e)
-        return 1
+    run_cfg = load_config(args.config)
+    if not run_cfg.has(section):
+        log.info(absent, run_cfg.path)
+        return 0
+    cfg = run_cfg.section(section, cls, required=True)
+    log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
+    run(cfg, run_cfg.run_dir, run_cfg.seed, run_cfg.resolve, merge_only=args.merge_only,
+        config_name=str(run_cfg.path))
     return 0

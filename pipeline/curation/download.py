@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from pipeline import atomic
+from pipeline.errors import WRITE_ERRNOS, PipelineError, write_error
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ CHUNK_BYTES = 1 << 16
 RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PipelineError, RuntimeError):
     """A download that failed; the message names the URL and the reason."""
 
     def __init__(self, url: str, reason: str, *, status: int | None = None, retryable: bool = False,
@@ -181,6 +182,8 @@ def _attempt(url: str, part: Path, meta: Path, *, timeout_s: float, max_bytes: i
             raise DownloadError(url, f"read timed out after {count} bytes ({_describe(e)})",
                                 retryable=True) from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
+            if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # the disk failed, not the connection
+                raise write_error(part, e) from e
             raise DownloadError(url, f"connection lost after {count} bytes ({_describe(e)})",
                                 retryable=True) from None
     if total is not None and count != total:

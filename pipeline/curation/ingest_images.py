@@ -56,6 +56,7 @@ from pipeline.curation import chunked
 from pipeline.curation.chunked import DownloadSettings
 from pipeline.curation.image_checks import Accepted, CheckSettings, IsolatingPool, check_image
 from pipeline.curation.image_sources import ImageSource, Item, export_or_download, list_items
+from pipeline.errors import WriteError, entry_point
 from pipeline.formats.manifest import IMAGE_COLUMNS
 from pipeline.ranks import RankInfo
 
@@ -91,7 +92,7 @@ class IngestImagesConfig:
 # ---------------------------------------------------------------- per item (runs in the pool)
 
 def process_item(item: Item, settings: CheckSettings, dl: DownloadSettings, files_dir: str) -> dict:
-    """One item -> {"kept": manifest row} or {"reject": rejects row}. Never raises."""
+    """One item -> {"kept": manifest row} or {"reject": rejects row}. Raises only WriteError (the disk)."""
     try:
         if item.pre_reject is not None:
             return _reject(item, item.path or item.origin, *item.pre_reject)
@@ -106,6 +107,8 @@ def process_item(item: Item, settings: CheckSettings, dl: DownloadSettings, file
             "height": result.height, "crop": list(result.crop), "size": settings.size,
             "caption": item.caption, "split": "", "format": result.format,
         }}
+    except WriteError:  # a full or read-only disk is no fault of the item: the stage stops and says so
+        raise
     except Exception as e:  # a bug for one odd item must not stop 90k others; it is listed with the trace
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         return _reject(item, item.path or item.origin, "internal_error", tb)
@@ -169,6 +172,7 @@ def _process_chunks(cfg: IngestImagesConfig, plan: chunked.ChunkPlan, target: ch
         pool.close()
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     return chunked.ingest_main(argv, "pipeline.curation.ingest_images", __doc__, "ingest_images",
                                IngestImagesConfig, run, log,

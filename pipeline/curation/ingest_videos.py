@@ -57,7 +57,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -70,10 +69,12 @@ from typing import Literal
 
 from tqdm import tqdm
 
+from pipeline import lifeline
 from pipeline.config import ConfigError
 from pipeline.curation import chunked
 from pipeline.curation.chunked import DownloadSettings
 from pipeline.curation.image_checks import IsolatingPool
+from pipeline.errors import WriteError, entry_point
 from pipeline.formats.manifest import CLIP_COLUMNS, stable_id
 from pipeline.formats.video_io import VideoError, VideoInfo, cut_clips, probe
 from pipeline.ranks import RankInfo
@@ -335,30 +336,22 @@ def process_video(video: Video, cut: CutSettings, dl: VideoDownloadSettings, out
             return _reject(video, str(local), "too_short", f"{local}: fewer than {cut.frames} frames at "
                                                            f"{cut.fps} fps ({info.duration_s:.3f} s)")
         return {"clips": rows, "reject": None}
+    except WriteError:  # a full or read-only disk is no fault of the video: the stage stops and says so
+        shutil.rmtree(clip_dir, ignore_errors=True)
+        raise
     except Exception as e:  # a bug on one odd file must not stop the others; listed with the error
         shutil.rmtree(clip_dir, ignore_errors=True)
         return _reject(video, origin, "internal_error", traceback.format_exception_only(type(e), e)[-1].strip())
 
 
-_BOUND_TO_STAGE = False
-
-
 def _die_with_stage(stage_pid: int) -> None:
-    """Make a worker process die with the stage process that started it (Linux).
+    """Make a worker process die with the stage process that started it (pipeline.lifeline).
 
     Workers write clip files. If the stage is SIGKILLed, an orphaned worker would go on writing
-    into the run folder while a re-run rewrites the same video: PR_SET_PDEATHSIG ends it instead.
+    into the run folder while a re-run rewrites the same video: the worker ends instead.
     """
-    global _BOUND_TO_STAGE
-    if _BOUND_TO_STAGE or os.getpid() == stage_pid:
-        return
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    _BOUND_TO_STAGE = True
-    if os.getppid() != stage_pid:  # the stage died before the signal was armed
-        os._exit(1)
+    if os.getpid() != stage_pid:  # workers: 0 runs the items in the stage process itself
+        lifeline.bind(parent=stage_pid)
 
 
 def _reject(video: Video, path: str, reason: str, detail: str) -> dict:
@@ -442,6 +435,7 @@ def run(cfg: IngestVideosConfig, run_dir: Path, seed: int, resolve: Callable[[st
                               lambda: chunked.merge_ingest(plan, target))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     return chunked.ingest_main(argv, "pipeline.curation.ingest_videos", __doc__, "ingest_videos",
                                IngestVideosConfig, run, log,

@@ -49,6 +49,7 @@ from pipeline import atomic
 from pipeline.config import ConfigError, load_config, to_dict
 from pipeline.curation import chunked
 from pipeline.curation.chunked import fingerprint
+from pipeline.errors import entry_point
 from pipeline.formats.manifest import CLIP_COLUMNS, read_rows, write_rows
 from pipeline.formats.video_io import VideoError, read_frames_at
 from pipeline.ranks import RankInfo, rank_info
@@ -497,6 +498,7 @@ def summary_line(s: dict, seconds: float) -> None:
              s["kept"], sum(s["dropped"].values()), json.dumps(s["dropped"]), s["frames"], seconds)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = chunked.stage_parser("pipeline.curation.object_filter", __doc__, "filter",
                               "only merge finished chunks and apply the rule")
@@ -504,21 +506,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-apply filter.rule to filter_stats.parquet without running the detector")
     args = ap.parse_args(argv)
     chunked.setup_logging()
-
-    def body() -> None:
-        run_cfg = load_config(args.config)
-        cfg = run_cfg.section("filter", FilterConfig)
-        clips = run_cfg.run_dir / cfg.clips
-        if not args.retune and not clips.is_file():
-            if not run_cfg.has("ingest_videos"):
-                log.info("object filter: skipped, the config %s has no videos (no `ingest_videos` section)",
-                         run_cfg.path)
-                return
-            raise ConfigError(f"{clips}: no clip manifest; run stage 15 (ingest_videos) first")
-        log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
-        run(cfg, run_cfg.run_dir, run_cfg.resolve, merge_only=args.merge_only, retune=args.retune)
-
-    return chunked.report_errors(log, body)
+    run_cfg = load_config(args.config)
+    cfg = run_cfg.section("filter", FilterConfig)
+    clips = run_cfg.run_dir / cfg.clips
+    if not args.retune and not clips.is_file():
+        if not run_cfg.has("ingest_videos"):
+            log.info("object filter: skipped, the config %s has no videos (no `ingest_videos` section)",
+                     run_cfg.path)
+            return 0
+        raise ConfigError(f"{clips}: no clip manifest; run stage 15 (ingest_videos) first")
+    log.info("settings: %s", json.dumps(to_dict(cfg), sort_keys=True))
+    run(cfg, run_cfg.run_dir, run_cfg.resolve, merge_only=args.merge_only, retune=args.retune)
+    return 0
 
 
 if __name__ == "__main__":

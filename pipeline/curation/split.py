@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ConfigError, from_dict, load_config
-from pipeline.formats.manifest import IMAGE_COLUMNS, IMAGE_MANIFEST, ManifestError, read_rows, write_rows
+from pipeline.errors import PipelineError, entry_point
+from pipeline.formats.manifest import IMAGE_COLUMNS, IMAGE_MANIFEST, read_rows, write_rows
 
 log = logging.getLogger("split")
 
@@ -60,7 +61,7 @@ class SplitConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
 
 
-class SplitError(ValueError):
+class SplitError(PipelineError, ValueError):
     pass
 
 
@@ -118,22 +119,19 @@ def split_manifest(path: Path, cfg: SplitConfig) -> dict[str, int]:
     return {k: counts[k] for k in ("train", "test", "unused")}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.curation.split", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="run YAML (section caption, keys split and manifest)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_cfg = load_config(args.config)
-        # The split's settings live in the caption section; stage 30 validates the rest of it.
-        section = run_cfg.raw.get("caption") or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"{run_cfg.path}: section 'caption' must be a mapping")
-        cfg = from_dict(SplitConfig, section.get("split") or {}, where=f"{run_cfg.path}: caption.split")
-        split_manifest(run_cfg.run_dir / section.get("manifest", IMAGE_MANIFEST), cfg)
-    except (ConfigError, SplitError, ManifestError) as e:
-        log.error("%s", e)
-        return 1
+    run_cfg = load_config(args.config)
+    # The split's settings live in the caption section; stage 30 validates the rest of it.
+    section = run_cfg.raw.get("caption") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{run_cfg.path}: section 'caption' must be a mapping")
+    cfg = from_dict(SplitConfig, section.get("split") or {}, where=f"{run_cfg.path}: caption.split")
+    split_manifest(run_cfg.run_dir / section.get("manifest", IMAGE_MANIFEST), cfg)
     return 0
 
 

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, load_config, to_dict
 from pipeline.demo_data import landscape
+from pipeline.errors import entry_point
 from pipeline.formats.video_io import write_mp4
 from pipeline.ranks import rank_info
 
@@ -371,6 +372,7 @@ def _section(run: RunConfig) -> DemoDataConfig:
     return run.section(SECTION, DemoDataConfig)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="run config (YAML); its `demo_data` section drives the stage")
@@ -379,16 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        run = load_config(args.config) if args.config else None
-        cfg = _section(run) if run is not None else DemoDataConfig()
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
+    run = load_config(args.config) if args.config else None
+    cfg = _section(run) if run is not None else DemoDataConfig()
     seed = cfg.seed if cfg.seed is not None else (run.seed if run is not None else 0)
     if seed < 0:
-        log.error("%s: demo_data needs a seed >= 0, got %d", run.path if run else "--preview", seed)
-        return 2
+        raise ConfigError(f"{run.path if run else '--preview'}: demo_data needs a seed >= 0, got {seed}")
 
     if args.preview:
         sheet = contact_sheet(cfg, seed, count=max(1, args.count))

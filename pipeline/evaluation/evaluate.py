@@ -59,6 +59,7 @@ import torch
 
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, load_config, to_dict
+from pipeline.errors import entry_point
 from pipeline.evaluation.metrics import extract, reference
 from pipeline.evaluation.metrics.fid import frechet_distance
 from pipeline.evaluation.metrics.inception_score import inception_score_from_logits
@@ -72,7 +73,6 @@ from pipeline.evaluation.metrics.media import (
     read_all,
     read_prompt,
 )
-from pipeline.formats.manifest import ManifestError
 from pipeline.ranks import rank_info
 
 log = logging.getLogger("pipeline.evaluation.evaluate")
@@ -429,6 +429,7 @@ def evaluate(run_cfg: RunConfig) -> dict:
     return results
 
 
+@entry_point(user_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage 80: Block-FID, IS, CLIP-SIM and FVD of generated samples")
     parser.add_argument("--config", required=True, help="the run's YAML config (section 'evaluate')")
@@ -437,11 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rank_info().is_main:
         log.info("rank %d: evaluation runs on rank 0 only; nothing to do", rank_info().rank)
         return 0
-    try:
-        results = evaluate(load_config(args.config))
-    except (ConfigError, ManifestError, MediaError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 2
+    results = evaluate(load_config(args.config))
     done = ", ".join(f"{k}={v['value']:.4g}" for k, v in results["metrics"].items()) or "none"
     log.info("evaluate: %s; skipped %d (%s); %d unreadable inputs; wrote %s", done, len(results["skipped"]),
              ", ".join(results["skipped"]) or "-", len(results["bad_inputs"]), results["output"])

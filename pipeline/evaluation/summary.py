@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline import atomic
 from pipeline.config import load_config
+from pipeline.errors import entry_point
 
 # (folder under run_dir, what it is) in pipeline order
 SECTIONS = [
@@ -62,6 +63,7 @@ def summarize(run_dir: Path, limit: int = 8) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)

@@ -28,13 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import atomic
+from pipeline.errors import PipelineError
 
 IMAGE_COLUMNS = ("id", "path", "source", "width", "height", "crop", "size", "caption", "split")
 CLIP_COLUMNS = ("id", "path", "source", "start", "fps", "frames", "size", "caption", "split")
 IMAGE_MANIFEST = "data/images/manifest.parquet"  # where stages 10-50 find it, relative to run_dir
 
 
-class ManifestError(RuntimeError):
+class ManifestError(PipelineError, RuntimeError):
     pass
 
 

@@ -27,6 +27,7 @@ from model.config import RenderConfig, preset
 from model.renderer import Renderer
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig
+from pipeline.errors import PipelineError
 from pipeline.formats.text_tokenizer import TextTokenizer
 
 WEIGHTS = "renderer.safetensors"
@@ -34,7 +35,7 @@ CONFIG = "renderer.json"
 TOKENIZER = "text_tokenizer.json"
 
 
-class RendererLoadError(RuntimeError):
+class RendererLoadError(PipelineError, RuntimeError):
     """An export folder that cannot be loaded; the message names the file and the problem."""
 
 

@@ -28,12 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import atomic
+from pipeline.errors import PipelineError
 
 INDEX_COLUMNS = ("id", "shard", "row", "caption", "source", "crop", "vqgan_sha256")
 MAX_VOCAB = 32768
 
 
-class ShardError(RuntimeError):
+class ShardError(PipelineError, RuntimeError):
     """A token set that is missing, truncated or inconsistent; the message names the file."""
 
 

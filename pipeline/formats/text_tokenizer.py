@@ -28,6 +28,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from pipeline import atomic
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ KINDS = ("bpe", "bytes")
 BYTE_VOCAB = 257  # pad + 256 bytes
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(PipelineError, RuntimeError):
     """A tokenizer file that is missing, malformed or does not fit the model."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic
+from pipeline.errors import PipelineError
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
@@ -60,7 +61,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
 # - Non-square pixels (sample aspect ratio != 1) are not stretched: stock footage is square-pixel.
 
 
-class VideoError(RuntimeError):
+class VideoError(PipelineError, RuntimeError):
     """A video that cannot be used; `kind` is a short reason code, the message names the file."""
 
     def __init__(self, path: str | Path, kind: str, detail: str):

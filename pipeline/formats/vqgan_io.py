@@ -30,13 +30,14 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from model.vqgan import VQGAN, VQGANConfig, preset
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ UNSAFE_OPTION = "vqgan.allow_unsafe_pickle: true"
 LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning", "lightning_fabric")
 
 
-class VQGANLoadError(RuntimeError):
+class VQGANLoadError(PipelineError, RuntimeError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 
@@ -56,6 +57,9 @@ class VQGANSection:
     overrides: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     allow_unsafe_pickle: bool = False
+    # "taming": every operation as taming-transformers computes it, so codes match theirs on the same
+    # weights; "fast": fused attention and SiLU (no [hw, hw] attention matrix; see model/vqgan.py).
+    arithmetic: Literal["taming", "fast"] = "taming"
 
 
 def read_section(cfg: RunConfig) -> VQGANSection:
@@ -240,7 +244,7 @@ def load_vqgan(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[VQGA
     section = read_section(cfg)
     arch = architecture(cfg, section)
     path = weights_path(cfg, section, required=True)
-    model = VQGAN(arch)
+    model = VQGAN(arch).set_arithmetic(section.arithmetic)
     load_weights(model, path, section.allow_unsafe_pickle)
     sha = atomic.sha256_file(path)
     log.info("VQGAN %s (f%d, %d codes) from %s (sha256 %s)", section.preset, arch.downsample, arch.n_embed,

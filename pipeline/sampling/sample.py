@@ -56,6 +56,7 @@ from model.config import SamplingConfig
 from model.directions import Direction, Grid
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, from_dict, load_config, to_dict
+from pipeline.errors import entry_point
 from pipeline.formats.vqgan_io import load_vqgan
 from pipeline.ranks import rank_info
 from pipeline.sampling.generate import (
@@ -455,6 +456,7 @@ def _write_sidecar(path: Path, settings: dict, stats: dict, seconds: float) -> N
     atomic.write_json(path, {**settings, "settings": settings, "stats": stats, "seconds": round(seconds, 3)})
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)

@@ -21,6 +21,7 @@ import torch
 
 from pipeline import atomic
 from pipeline.config import load_config
+from pipeline.errors import entry_point
 from pipeline.formats import shards, vqgan_io
 
 log = logging.getLogger("decode")
@@ -64,6 +65,7 @@ def load_grid(path: Path) -> np.ndarray:
     return arr
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)

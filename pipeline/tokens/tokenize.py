@@ -38,6 +38,7 @@ import torch
 
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.errors import entry_point
 from pipeline.formats import manifest, shards, vqgan_io
 from pipeline.ranks import RankInfo, rank_info
 
@@ -289,6 +290,7 @@ def pick_device(kind: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from model.vqgan import VQGAN
 from pipeline import atomic
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import entry_point
 from pipeline.formats import manifest, vqgan_io
 from pipeline.ranks import rank_info
 from pipeline.tokens.vqgan_losses import (
@@ -187,6 +188,7 @@ def _image_grid(x: torch.Tensor, recon: torch.Tensor, n: int = 4) -> torch.Tenso
     return make_grid(pair, nrow=min(n, x.shape[0]))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
@@ -220,7 +222,7 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
     world, main_rank = ranks.world_size, ranks.is_main
     seed = cfg.seed
     torch.manual_seed(seed)
-    model = VQGAN(arch)
+    model = VQGAN(arch).set_arithmetic(vq_sec.arithmetic)
     start_weights = cfg.resolve(vq_sec.weights) if vq_sec.weights else None
     if start_weights is not None:
         vqgan_io.load_weights(model, start_weights, vq_sec.allow_unsafe_pickle)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import PipelineError
+
 # torchvision's vgg16 `features` layout: numbers are conv widths, "M" a 2x2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 # Indices (into `features`) just after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
@@ -32,7 +34,7 @@ LPIPS_TAPS = (4, 9, 16, 23, 30)
 LPIPS_WIDTHS = (64, 128, 256, 512, 512)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(PipelineError, RuntimeError):
     pass
 
 

@@ -14,6 +14,12 @@ barrier, then rank 0 writes train_meta.json and only then replaces `latest` (bot
 at any moment leaves `latest` naming the previous complete checkpoint; the half-written folder is
 deleted on the next start. DeepSpeed's own `latest` writer is not used (it writes in place).
 
+One run per folder: the trainer's rank 0 holds an exclusive lock on `checkpoints/.lock` (fcntl.flock)
+for the whole run, and writes into it who holds it (host, pid, start time, config). A second run on
+the same folder fails at once naming the holder, so two trainers never write one folder (the kernel
+drops the lock when its process ends, however it ends). On a file system without locks (Lustre
+mounted without `flock`, say) the run warns and goes on unprotected.
+
 Resume: `latest` -> tag; train_meta.json is compared with the current run before anything is built
 (`check_compatible`): a model, data grid, batch size, loss region, schedule or tokenizer that differs
 is an error listing every difference, never a silent mix. Per-rank generator files are loaded with
@@ -22,10 +28,15 @@ is an error listing every difference, never a silent mix. Per-rank generator fil
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import random
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +44,18 @@ import numpy as np
 import torch
 
 from pipeline import atomic
+from pipeline.errors import PipelineError, WriteError, writing
+from pipeline.training import universal
 
 log = logging.getLogger(__name__)
 
 META_NAME = "train_meta.json"
 LATEST = "latest"
+LOCK_NAME = ".lock"
 TAG_RE = re.compile(r"^global_step(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PipelineError, RuntimeError):
     """A checkpoint that cannot be used (missing, incomplete, or contradicting the run's config)."""
 
 
@@ -93,6 +107,9 @@ def _as_tuples(x):
 
 # Settings that may change between a checkpoint and its resumption without changing what is trained.
 IGNORED_MODEL_KEYS = ("checkpoint_blocks", "pnar_steps")
+# Keys older checkpoints recorded that no longer have to match: the number of ranks (a checkpoint
+# resumes on any number through pipeline.training.universal).
+IGNORED_SAVED_KEYS = ("train.world_size",)
 
 
 def compatibility_record(model_cfg: dict, train: dict) -> dict:
@@ -110,7 +127,7 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
         return json.loads(json.dumps(v))
 
     diffs = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - set(IGNORED_SAVED_KEYS)):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if norm(a) != norm(b):
             diffs.append(f"{key}: checkpoint has {a!r}, this run has {b!r}")
@@ -129,6 +146,41 @@ class CheckpointStore:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.folder = Path(folder)
         self.keep_last = keep_last
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ one run per folder
+    def lock(self, what: str) -> None:
+        """Hold the folder's exclusive lock until this process ends; CheckpointError naming the holder if
+        another process has it. `what` says what this run is (shown to a second run)."""
+        if self._lock_fd is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "its details are not written yet"
+            os.close(fd)
+            raise CheckpointError(
+                f"{self.folder}: another training run is using this checkpoint folder ({holder}); let it finish "
+                "or stop it (its ranks end with it), or give this run another train.checkpoint_dir / run_dir"
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            log.warning("%s: the file system does not support locks (%s); nothing stops a second run from "
+                        "using this folder at the same time", path, e.strerror)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"held by pid {os.getpid()} on host {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}, {what}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     # ------------------------------------------------------------------ reading
     def latest_tag(self) -> str | None:
@@ -158,10 +210,20 @@ class CheckpointStore:
     # ------------------------------------------------------------------ writing (all ranks)
     def save(self, engine, tag: str, client_state: dict, meta: dict, rank_state: dict, rank: int,
              barrier) -> None:
-        """Save on every rank; `barrier()` must synchronise all ranks. Rank 0 commits and prunes."""
-        engine.save_checkpoint(str(self.folder), tag=tag, client_state=client_state, save_latest=False)
-        with atomic.atomic_path(self.folder / tag / "trainer_state" / f"rank{rank:05d}.pt") as tmp:
-            torch.save(rank_state, tmp)
+        """Save on every rank; `barrier()` must synchronise all ranks. Rank 0 commits and prunes.
+
+        A failed write (full disk, read-only folder) raises WriteError naming the checkpoint folder and
+        the cause, after removing the incomplete folder; `latest` still names the previous checkpoint."""
+        try:
+            with writing(self.folder / tag):
+                engine.save_checkpoint(str(self.folder), tag=tag, client_state=client_state, save_latest=False)
+                with atomic.atomic_path(self.folder / tag / "trainer_state" / f"rank{rank:05d}.pt") as tmp:
+                    torch.save(rank_state, tmp)
+        except WriteError as e:
+            shutil.rmtree(self.folder / tag, ignore_errors=True)
+            previous = self.latest_tag() if (self.folder / LATEST).is_file() else None
+            raise WriteError(f"{e}; checkpoint {tag} is incomplete and was removed, the last complete one is "
+                             f"{previous or 'none'}", e.errno, e.filename) from e
         barrier()
         if rank == 0:
             atomic.write_json(self.folder / tag / META_NAME, meta)
@@ -169,15 +231,21 @@ class CheckpointStore:
             self.prune()
         barrier()
 
-    def load(self, engine, tag: str, rank: int) -> tuple[dict, dict | None]:
-        """Load model, optimizer and scheduler into `engine`; returns (client state, this rank's RNG state)."""
-        path, client = engine.load_checkpoint(str(self.folder), tag=tag, load_optimizer_states=True,
+    def load(self, engine, tag: str, rank: int, universal_root: Path | None = None) -> tuple[dict, dict | None]:
+        """Load model, optimizer and scheduler into `engine`; returns (client state, this rank's RNG state).
+
+        With `universal_root` (a checkpoint saved by another number of ranks, converted by
+        pipeline.training.universal; the engine must be built with `checkpoint.load_universal`) the
+        state comes from there and there is no per-rank RNG state to return."""
+        source = universal_root if universal_root is not None else self.folder
+        path, client = engine.load_checkpoint(str(source), tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
-            raise CheckpointError(f"{self.folder / tag}: DeepSpeed could not load this checkpoint")
+            raise CheckpointError(f"{source / tag}: DeepSpeed could not load this checkpoint")
         state_path = self.folder / tag / "trainer_state" / f"rank{rank:05d}.pt"
-        rank_state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
-        return client or {}, rank_state
+        if universal_root is not None or not state_path.is_file():
+            return client or {}, None
+        return client or {}, torch.load(state_path, weights_only=True)
 
     # ------------------------------------------------------------------ housekeeping (rank 0)
     def remove_stale(self) -> list[str]:
@@ -193,6 +261,7 @@ class CheckpointStore:
             if p.is_dir() and s is not None and (not (p / META_NAME).is_file() or s > limit):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p.name)
+        gone += [f"{universal.FOLDER}/{t}" for t in universal.remove_stale(self.folder, keep=latest)]
         atomic.remove_stale_temporaries(self.folder)
         return gone
 
@@ -207,4 +276,6 @@ class CheckpointStore:
                 gone.append(tag)
         if gone:
             log.info("removed old checkpoints %s (keeping the last %d)", gone, self.keep_last)
+        # A converted copy served the resume on another number of ranks; `latest` is now this run's own.
+        universal.remove_stale(self.folder, keep=None)
         return gone

@@ -30,13 +30,14 @@ import torch
 from model.config import RenderConfig
 from model.directions import Grid
 from model.patches import patch_grid
+from pipeline.errors import PipelineError
 from pipeline.formats.shards import ShardError, TokenSet
 from pipeline.formats.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 
-class DataError(RuntimeError):
+class DataError(PipelineError, RuntimeError):
     """Training data that cannot be used; the message names the file and the problem."""
 
 

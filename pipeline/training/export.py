@@ -21,6 +21,7 @@ import torch
 
 from model.config import RenderConfig
 from pipeline import atomic
+from pipeline.errors import entry_point
 from pipeline.formats.renderer_io import CONFIG, TOKENIZER, WEIGHTS
 from pipeline.training.checkpoint import CheckpointError, CheckpointStore
 
@@ -99,6 +100,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str 
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.formats.renderer_io import export_dir
@@ -109,16 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default run_dir/train/export)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipeline.config import ConfigError
     from pipeline.training.settings import checkpoint_dir, read_train_section
 
-    try:
-        cfg = load_config(args.config)
-        folder = checkpoint_dir(cfg, read_train_section(cfg))
-        export_checkpoint(folder, Path(args.out) if args.out else export_dir(cfg), args.tag)
-    except (ConfigError, CheckpointError) as e:
-        log.error("%s", e)
-        return 1
+    cfg = load_config(args.config)
+    folder = checkpoint_dir(cfg, read_train_section(cfg))
+    export_checkpoint(folder, Path(args.out) if args.out else export_dir(cfg), args.tag)
     return 0
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,6 +32,7 @@ from model.config import RenderConfig
 from model.directions import Direction, Grid
 from model.patches import get_patch, put_patch
 from model.pool import ContextPool
+from pipeline.errors import PipelineError
 from pipeline.training.checkpoint import CheckpointError, CheckpointStore, capture_rng, restore_rng, tag_for
 from pipeline.training.data import DataError, DataPosition, MicroBatch, TrainData
 from pipeline.training.monitor import PhaseClock, Stopwatch, TrainMonitor, patch_train_flops
@@ -37,11 +40,11 @@ from pipeline.training.monitor import PhaseClock, Stopwatch, TrainMonitor, patch
 log = logging.getLogger("train")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(PipelineError, RuntimeError):
     """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
-class TrainingAborted(RuntimeError):
+class TrainingAborted(PipelineError, RuntimeError):
     """Another rank failed; raised on the ranks that did not, with that rank's message."""
 
 
@@ -190,12 +193,13 @@ class Trainer:
     def __init__(self, engine, data: TrainData, grid: Grid, directions: list[Direction], cfg: RenderConfig,
                  store: CheckpointStore, monitor: TrainMonitor | None, rank: int, seed: int, total_batches: int,
                  save_every: int, loss_region: str, meta: dict, device: torch.device, sample_every: int = 0,
-                 preview=None):
+                 preview=None, record_items: bool = False):
         self.engine, self.data, self.grid, self.directions, self.cfg = engine, data, grid, directions, cfg
         self.store, self.monitor, self.rank, self.device = store, monitor, rank, device
         self.total_batches, self.save_every, self.loss_region = total_batches, save_every, loss_region
-        self.meta, self.sample_every, self.preview = meta, sample_every, preview
+        self.meta, self.sample_every, self.preview, self.record_items = meta, sample_every, preview, record_items
         self.direction_gen = torch.Generator().manual_seed(seed + 0xD1)  # same seed on every rank
+        self.seed = seed
         self.pnar_gen = torch.Generator().manual_seed(seed * 1009 + 7919 * (rank + 1))
         self.pos = DataPosition()
         self.batches_done = 0
@@ -222,9 +226,12 @@ class Trainer:
         self.direction_gen.set_state(t["direction_generator"])
         if rank_state is not None:
             restore_rng(rank_state, {"pnar": self.pnar_gen})
-        else:
-            log.warning("rank %d: no saved random state in the checkpoint (different world size?); "
-                        "continuing with fresh per-rank generators", self.rank)
+        else:  # saved by another number of ranks: N streams cannot become M; start M new ones, reproducibly
+            step = int(t["global_steps"])
+            random.seed(self.seed * 1_000_003 + step * 131 + self.rank)
+            np.random.seed((self.seed * 1_000_003 + step * 131 + self.rank) % 2**32)
+            torch.manual_seed(self.seed * 1_000_003 + step * 131 + self.rank + 1)
+            self.pnar_gen.manual_seed(self.seed * 1009 + 7919 * (self.rank + 1) + step * 104_729)
         self.last_saved_step = int(self.engine.global_steps)
 
     def save(self) -> str:
@@ -292,6 +299,8 @@ class Trainer:
             record = {"step": int(engine.global_steps), "epoch": self.pos.epoch, "batch": self.pos.batch,
                       "direction": direction.name, "patch_losses": res.patch_losses, "items": items_per_batch,
                       "tokens": items_per_batch * tokens_per_item, "seconds": seconds}
+            if self.record_items:  # what each rank trained on (an audit of the data order, e.g. across resumes)
+                record["items_by_rank"] = _gather([i for mb in micro for i in mb.ids])
             self.pos = self.pos.advanced(self.data.batches_per_epoch)
             self.batches_done += 1
             step_losses = res.patch_losses if self.loss_region == "patch" else \
@@ -315,6 +324,15 @@ class Trainer:
             self.preview = None
             return
         self.monitor.image("samples/truth_left_teacher_forced_prediction_right", image, step)
+
+
+def _gather(obj) -> list:
+    """`obj` of every rank, in rank order (collective)."""
+    if world() == 1:
+        return [obj]
+    out: list = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _barrier() -> None:

@@ -57,6 +57,9 @@ class TrainSection:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     dist_timeout_minutes: int = 30
     export: bool = True
+    # Add `items_by_rank` (the item ids each rank trained on) to every metrics.jsonl record: an audit of
+    # the data order, e.g. that a resume on another number of ranks skips and repeats nothing.
+    record_items: bool = False
     # Local ranks the stage script starts (with torchrun) when no LAUNCHER is set: the demo trains on
     # two CPU ranks this way. Under an explicit launcher the launcher decides.
     nproc_per_node: int = 1
@@ -202,12 +205,13 @@ def plan_run(sec: TrainSection, world: int, n_items: int, patches: int) -> Plan:
                 int(round(sec.warmup_fraction * total_steps)))
 
 
-def compat_train_settings(sec: TrainSection, world: int, zero_stage: int, grid_codes, vocab: int) -> dict:
-    """Run settings a resumed run must share with its checkpoint (pipeline.training.checkpoint): what the saved
-    state is partitioned by (ranks, ZeRO stage) and what its data position and step count mean.
-    Optimisation settings (lr, Adam, clipping, schedule length) may change: they apply from the resume on."""
+def compat_train_settings(sec: TrainSection, zero_stage: int, grid_codes, vocab: int) -> dict:
+    """Run settings a resumed run must share with its checkpoint (pipeline.training.checkpoint): how the saved
+    optimizer state is laid out (ZeRO stage) and what its data position and step count mean (global batch,
+    loss region, grid). Optimisation settings (lr, Adam, clipping, schedule length) may change: they apply
+    from the resume on. The number of ranks may change too (pipeline.training.universal)."""
     return {"global_batch": sec.global_batch, "loss_region": sec.loss_region, "code_grid": list(grid_codes),
-            "token_set_vocab": vocab, "world_size": world, "zero_stage": zero_stage}
+            "token_set_vocab": vocab, "zero_stage": zero_stage}
 
 
 def monitor_dir(cfg: RunConfig, sec: TrainSection) -> Path:

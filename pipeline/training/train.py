@@ -37,6 +37,7 @@ import sys
 
 from model.directions import Direction
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.errors import EXIT_OK, EXIT_STOPPED, entry_point, exit_status
 from pipeline.training.settings import (
     TrainSection,
     checkpoint_dir,
@@ -108,6 +109,7 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     from pipeline.formats import text_tokenizer
     from pipeline.formats.renderer_io import export_dir, model_config
     from pipeline.ranks import rank_info
+    from pipeline.training import universal
     from pipeline.training.checkpoint import CheckpointError, CheckpointStore, check_compatible, compatibility_record
     from pipeline.training.data import DataError, GlobalBatchSampler, TrainData, check_token_set, training_captions
     from pipeline.training.loop import Trainer, mark_zero3_leaf_modules, sync_errors
@@ -125,19 +127,22 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
 
     # Checks that need no process group. One rank alone fails at once; several share the verdict below,
     # so that a problem seen by one rank never leaves the others waiting in a collective.
-    err, resume_tag, saved_meta = None, None, None
+    err, resume_tag, saved_meta, saved_world = None, None, None, world
     try:
         ts, grid = check_token_set(folder, model_cfg, sec.global_batch)
         plan = plan_run(sec, world, len(ts), len(grid))
         ds_raw, ds_path = load_ds_config(cfg, sec)
         ds_cfg, bf16 = finalize_ds_config(ds_raw, sec, world, plan.gas, str(ds_path))
         record = compatibility_record(model_cfg.to_dict(), compat_train_settings(
-            sec, world, int(ds_cfg["zero_optimization"]["stage"]), ts.meta.grid, ts.meta.vocab_size))
+            sec, int(ds_cfg["zero_optimization"]["stage"]), ts.meta.grid, ts.meta.vocab_size))
+        if rank == 0:  # before anything is read or removed: a second run must not touch a running one's files
+            store.lock(f"config {cfg.path}, {world} rank(s)")
         resume_tag = store.latest_tag()
         if resume_tag is not None:
             saved_meta = store.read_meta(resume_tag)
             check_compatible(saved_meta.get("compat", {}), record, str(store.folder / resume_tag))
-    except (ConfigError, DataError, CheckpointError) as e:
+            saved_world = int(saved_meta.get("world_size", world))
+    except (ConfigError, DataError, CheckpointError, OSError) as e:
         err = e
     if world == 1 and err is not None:
         raise err
@@ -153,6 +158,8 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=sec.dist_timeout_minutes))
     sync_errors(err, "start-up checks")
 
+    # Another number of ranks than the checkpoint's: load a universal copy of it (pipeline.training.universal).
+    universal_root = universal.root(store.folder) if saved_world != world else None
     tokenizer, tok_path, err = None, train_dir / "text_tokenizer.json", None
     if rank == 0:
         try:
@@ -161,9 +168,11 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
                 log.info("removed incomplete or superseded checkpoint folders %s", gone)
             if model_cfg.has_text:
                 text_tokenizer.ensure(tok_path, training_captions(ts), sec.text_tokenizer, model_cfg.text_vocab_size)
+            if universal_root is not None:
+                universal.convert(store.folder, resume_tag, saved_world, world)
         except (text_tokenizer.TokenizerError, CheckpointError, OSError) as e:
             err = e
-    sync_errors(err, "text tokenizer set-up")
+    sync_errors(err, "set-up on rank 0 (stale checkpoints, text tokenizer, universal checkpoint)")
     if model_cfg.has_text:
         tokenizer = text_tokenizer.TextTokenizer.load(tok_path)
         if saved_meta is not None and saved_meta.get("tokenizer_sha256") != tokenizer.sha256:
@@ -179,8 +188,10 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed + 1 + rank)
     schedule = lr_lambda(plan.total_steps, plan.warmup_steps, sec.lr_decay, sec.min_lr_ratio)
+    engine_cfg = ds_cfg if universal_root is None else {**ds_cfg, "checkpoint": {
+        **ds_cfg.get("checkpoint", {}), "load_universal": True}}
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_cfg,
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=engine_cfg,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
 
     sampler = GlobalBatchSampler(len(ts), sec.global_batch, sec.micro_batch, plan.accumulation, rank, world, seed)
@@ -197,16 +208,20 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     directions = [Direction.parse(d) for d in sec.directions]
     peak, peak_src = peak_flops(device, bf16, sec.peak_tflops)
     trainer = Trainer(engine, data, grid, directions, model_cfg, store, None, rank, seed, plan.total_batches,
-                      sec.save_every, sec.loss_region, meta, device, sec.sample_every, preview)
+                      sec.save_every, sec.loss_region, meta, device, sec.sample_every, preview, sec.record_items)
     start = "a fresh start"
     if resume_tag is not None:
-        client, rank_state = store.load(engine, resume_tag, rank)
+        client, rank_state = store.load(engine, resume_tag, rank, universal_root)
         trainer.restore(client, rank_state)
         changed = apply_optimizer_settings(engine, sec, schedule)
         if changed:
             log.info("optimisation settings differ from the checkpoint's; from now on: %s", "; ".join(changed))
         start = (f"checkpoint {resume_tag} (optimizer step {engine.global_steps}, epoch {trainer.pos.epoch} "
                  f"batch {trainer.pos.batch}, {trainer.batches_done} batches done)")
+        if universal_root is not None:
+            start += (f", saved by {saved_world} rank(s) and resumed on {world} through its universal checkpoint "
+                      "(model, optimizer, schedule and data position carried over; per-rank random generators "
+                      "re-seeded)")
     monitor = TrainMonitor(rank == 0, monitor_dir(cfg, sec), train_dir / "metrics.jsonl", plan.total_steps,
                            int(engine.global_steps), sec.log_every, peak, world)
     trainer.monitor = monitor
@@ -224,8 +239,12 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
         reason = trainer.fit(stop_after_steps)
     finally:
         monitor.close()
-    log.info("training stopped (%s) at optimizer step %d; last checkpoint %s", reason, engine.global_steps,
-             trainer.last_saved_tag or resume_tag)
+    last = trainer.last_saved_tag or resume_tag
+    if reason == "finished":
+        log.info("training finished at optimizer step %d; last checkpoint %s", engine.global_steps, last)
+    elif rank == 0:
+        log.warning("stopped, resumable: %s at optimizer step %d; checkpoint %s holds everything; run the stage "
+                    "again to continue (exit status %d)", reason, engine.global_steps, last, EXIT_STOPPED)
     if export and reason == "finished":
         err = None
         if rank == 0:
@@ -253,14 +272,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_nproc:
-        try:
-            print(read_train_section(load_config(args.config, args.profile)).nproc_per_node)
-        except ConfigError as e:
-            print(f"pipeline.training.train: {e}", file=sys.stderr)
-            return 2
+        print(read_train_section(load_config(args.config, args.profile)).nproc_per_node)
         return 0
     set_by_us = ensure_launcher_env()
     rank = int(os.environ["RANK"])
@@ -268,23 +284,14 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     if set_by_us:
         log.info("no launcher environment: running as rank 0 of 1 (MASTER_PORT %s)", os.environ["MASTER_PORT"])
-    from pipeline.formats.shards import ShardError
-    from pipeline.formats.text_tokenizer import TokenizerError
-    from pipeline.training.checkpoint import CheckpointError
-    from pipeline.training.data import DataError
-    from pipeline.training.loop import NonFiniteLoss, TrainingAborted
-
     try:
         cfg = load_config(args.config, args.profile)
         sec = read_train_section(cfg)
-        run_training(cfg, sec, stop_after_steps=args.stop_after_steps, export=sec.export and not args.no_export)
-    except (ConfigError, DataError, ShardError, CheckpointError, TokenizerError, NonFiniteLoss,
-            TrainingAborted) as e:
-        log.error("%s: %s", type(e).__name__, e)
-        return 1
+        trainer = run_training(cfg, sec, stop_after_steps=args.stop_after_steps,
+                               export=sec.export and not args.no_export)
     finally:
         _shutdown_process_group()
-    return 0
+    return exit_status(EXIT_OK if trainer.stop_reason == "finished" else EXIT_STOPPED, launched=not set_by_us)
 
 
 def _shutdown_process_group() -> None:

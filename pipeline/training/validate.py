@@ -29,6 +29,7 @@ from model.directions import Direction
 from model.patches import get_patch, patch_grid
 from model.pool import ContextPool
 from model.renderer import Renderer
+from pipeline.errors import entry_point
 from pipeline.formats.shards import TokenSet
 from pipeline.formats.text_tokenizer import TextTokenizer
 
@@ -90,6 +91,7 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
             "bits_per_token_by_patch": (per_patch / np.maximum(per_patch_tokens, 1) / math.log(2)).tolist()}
 
 
+@entry_point(user_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     from pipeline import atomic
     from pipeline.config import load_config
@@ -106,21 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the result JSON here too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipeline.config import ConfigError
-    from pipeline.formats.renderer_io import RendererLoadError
-    from pipeline.formats.shards import ShardError
-    from pipeline.formats.text_tokenizer import TokenizerError
-
-    try:
-        cfg = load_config(args.config)
-        renderer, tokenizer = load_renderer(cfg.resolve(args.export) if args.export else export_dir(cfg),
-                                            args.device)
-        data = cfg.resolve(args.data) if args.data else cfg.run_dir / "tokens" / "images" / "test"
-        result = validation_bits_per_token(renderer, TokenSet(data), args.direction, args.batch_size, tokenizer,
-                                           args.max_items, seed=cfg.seed, progress=True)
-    except (ConfigError, RendererLoadError, ShardError, TokenizerError, ValueError) as e:
-        log.error("%s", e)
-        return 1
+    cfg = load_config(args.config)
+    renderer, tokenizer = load_renderer(cfg.resolve(args.export) if args.export else export_dir(cfg), args.device)
+    data = cfg.resolve(args.data) if args.data else cfg.run_dir / "tokens" / "images" / "test"
+    result = validation_bits_per_token(renderer, TokenSet(data), args.direction, args.batch_size, tokenizer,
+                                       args.max_items, seed=cfg.seed, progress=True)
     result["token_set"] = str(data)
     text = json.dumps(result, indent=2)
     print(text)

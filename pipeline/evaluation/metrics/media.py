@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
-class MediaError(RuntimeError):
+class MediaError(PipelineError, RuntimeError):
     """An input that cannot be read; the message names the file."""
 
 
