@@ -420,3 +420,74 @@ def test_evaluate_config_errors_name_the_key(tmp_path, weights_dir):
     with pytest.raises(ConfigError, match="unknown metric.*bpt"):
         ev.evaluate(load_config(config))
     assert ev.main(["--config", str(config)]) == 2
+
+
+def test_block_fid_over_a_region_sees_only_that_region(tmp_path, weights_dir, monkeypatch):
+    """Table 3's metric: the extended half against the same half of the real images. Samples whose
+    extended half equals the real image's and whose given half is noise score ~0; the given half
+    never enters the statistics (over the whole image, the noise moves the generated statistics)."""
+    from pipeline.config import load_config
+    from pipeline.evaluation import evaluate as ev
+    from pipeline.evaluation.metrics.media import ImageItem, MediaError, with_region
+
+    rng = np.random.default_rng(11)
+    real, gen = tmp_path / "real", tmp_path / "run" / "samples"
+    rows = []
+    for i in range(6):
+        y, x = np.mgrid[0:64, 0:64] / 64.0  # smooth real images: gradients and a little noise
+        img = np.stack([y * 200 * (i + 1) / 6, x * 180, (1 - y) * 150], -1) + rng.normal(0, 4, (64, 64, 3))
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        real.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(real / f"r{i}.png")
+        rows.append({"id": f"img-{i}", "path": str(real / f"r{i}.png"), "source": "t", "width": 64, "height": 64,
+                     "crop": [0, 0, 64, 64], "size": 64, "caption": "", "split": "test"})
+        sample = img.copy()
+        sample[:, :32] = rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)  # the given (left) half: noise
+        gen.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample).save(gen / f"{i}.png")
+    manifest.write_rows(real / "manifest.parquet", rows, manifest.IMAGE_COLUMNS)
+    section = {"metrics": ["block_fid"], "reference": str(real / "manifest.parquet"), "block_size": 32,
+               "block_stride": 16, "inception_size": SMALL, "fid_method": "eigen", "device": "cpu",
+               "inception_weights": str(weights_dir / "pt_inception-fid.pth")}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": "run", "evaluate": section}))
+    run = load_config(config)
+    right = [32, 0, 64, 64]
+    halves = ev.evaluate(run, ev.EvaluateConfig(**section, generated_region=right, reference_region=right),
+                         out=tmp_path / "halves.json")["metrics"]["block_fid"]
+    # a 64 x 32 half at block 32, stride 16: 3 x 1 blocks per image
+    assert (halves["generated_blocks"], halves["reference_blocks"]) == (18, 18)
+    assert halves["generated_region"] == right and halves["reference_region"] == right
+    # ~0 up to float64 rounding, relative to the spread of the features (random weights: large features)
+    with np.load(halves["reference_cache"]) as cached:
+        scale = float(np.trace(cached["cov"]))
+    assert abs(halves["value"]) < 1e-6 * scale
+
+    # Over whole images the noisy given half does enter. (Only the means are compared here: one
+    # 2048-d Fréchet distance above is what this test can afford on a shared 2-core machine.)
+    seen = []
+    monkeypatch.setattr(ev, "frechet_distance", lambda m1, s1, m2, s2, method: seen.append((m1, m2)) or 0.0)
+    whole = ev.evaluate(run, ev.EvaluateConfig(**section), out=tmp_path / "whole.json")["metrics"]["block_fid"]
+    assert whole["generated_blocks"] == 6 * 9 and whole["reference_cache"] != halves["reference_cache"]
+    (mu_gen, mu_ref), = seen
+    assert np.linalg.norm(mu_gen - mu_ref) > 0.1 * np.linalg.norm(mu_ref)
+    # a region outside an image is that image's MediaError (evaluate lists it under bad_inputs)
+    (item,) = with_region([ImageItem(gen / "0.png")], [32, 0, 96, 64])
+    with pytest.raises(MediaError, match=r"region \[32, 0, 96, 64\] is outside the 64x64 image"):
+        item.read()
+
+
+def test_fvd_leaves_out_clips_shorter_than_its_length(tmp_path, weights_dir):
+    from pipeline.evaluation.metrics.i3d import load_i3d
+    from pipeline.evaluation.metrics.media import VideoItem
+    from pipeline.formats.video_io import write_mp4
+
+    rng = np.random.default_rng(3)
+    items = []
+    for i, frames in enumerate((8, 8, 5, 8)):
+        write_mp4(tmp_path / f"v{i}.mp4", rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8), fps=5)
+        items.append(VideoItem(tmp_path / f"v{i}.mp4"))
+    bad = []
+    stats = extract.i3d_stats(load_i3d(weights_dir / "rgb_imagenet.pt"), items, 8, 32, 2, "cpu", bad)
+    assert stats.count == 3
+    assert bad == [{"path": str(tmp_path / "v2.mp4"), "reason": "5 frames, FVD here needs 8"}]
