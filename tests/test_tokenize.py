@@ -188,6 +188,15 @@ def test_clips_are_tokenized_frame_by_frame_and_decoded(data, tmp_path):
     with av.open(str(out)) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 4 and decoded[0].shape == (64, 64, 3)
+    # clip_frames: the first N frames of every clip (the paper's 5-frame training clips cut from the
+    # 8-frame clips its Table 2 needs); more frames than the clips have is a clear error
+    short = setup_run(tmp_path / "short", data["rows"][:4], data["weights"], clips=clips, clip_frames=2)
+    assert tokenize.main(["--config", str(short)]) == 0
+    two = shards.TokenSet(tmp_path / "short" / "run" / "tokens" / "videos" / "train")
+    assert two.meta.grid == (2, 4, 4) and np.array_equal(two.codes(1), codes[:2])
+    with pytest.raises(ConfigError, match="clip_frames is 5 but the clips of .* have 4 frames"):
+        tokenize.main(["--config", str(setup_run(tmp_path / "long", data["rows"][:4], data["weights"], clips=clips,
+                                                 clip_frames=5))])
     # An image entry and a bare .npy grid go to PNGs holding exactly the model's decode.
     img_set = tmp_path / "run" / "tokens" / "images" / "train"
     grid = shards.TokenSet(img_set).codes(0)
