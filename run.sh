@@ -5,6 +5,8 @@
 #   ./run.sh test [pytest args]           set up, then the test suite
 #   ./run.sh stages 30-50 --config C.yaml run the stages numbered 30..50 of stages/ for config C
 #   ./run.sh stages all --config C.yaml   every stage
+#   ./run.sh protocol table1 --config C.yaml   the paper's Table 1 (or table2, table3; none = every one the
+#                                         config's protocol section names): stage 85 for those tables
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
 #
 # Set-up is idempotent and cached: the venv is rebuilt only when pyproject.toml changes.
@@ -91,7 +93,11 @@ case "$cmd" in
     range="$1"; shift
     run_stages "$range" "$@"
     ;;
+  protocol)
+    setup
+    run_stages 85 "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "unknown command '$cmd'"; sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) log "unknown command '$cmd'"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -2,9 +2,8 @@
 
 Formats: torchvision's Inception-v3 state dict (1000 classes, AuxLogits), pytorch-fid's
 (1008 classes, FID blocks), pytorch-i3d's InceptionI3d state dict, and a transformers CLIP
-directory (save_pretrained + vocab.json/merges.txt written here). The networks are the real
-architectures with random weights; their BatchNorm statistics are calibrated on random input
-so that features are of order one (plain random init shrinks them towards zero).
+directory: the fixtures `weights_dir` and `clip_dir` (tests/conftest.py, made by
+tests/metric_weights.py once per session).
 """
 
 import json
@@ -19,43 +18,10 @@ from PIL import Image
 from pipeline.evaluation.metrics import extract
 from pipeline.evaluation.metrics.blocks import iter_blocks
 from pipeline.evaluation.metrics.fid import frechet_distance
-from pipeline.evaluation.metrics.i3d import InceptionI3d, _same_padding, load_i3d
+from pipeline.evaluation.metrics.i3d import _same_padding, load_i3d
 from pipeline.evaluation.metrics.inception import FIDInceptionE, InceptionFeatures, build_inception3, load_inception
 from pipeline.formats import manifest
-
-SMALL = 75  # Inception-v3's smallest input
-
-
-def _calibrate_bn(module, run):
-    """Set every BatchNorm's running statistics to those of one random batch."""
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.momentum = 1.0
-    module.train()
-    with torch.no_grad():
-        run()
-    module.eval()
-
-
-def _random_inception(num_classes, aux, fid_blocks):
-    torch.manual_seed(0)
-    net = build_inception3(num_classes, aux_logits=aux, fid_blocks=fid_blocks)
-    feats = InceptionFeatures(net, "calibration", input_size=SMALL)
-    _calibrate_bn(net, lambda: feats._trunk(torch.rand(4, 3, SMALL, SMALL) * 2 - 1))
-    return net
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    """Random Inception (both formats) and I3D weight files, made once for this module."""
-    d = tmp_path_factory.mktemp("weights")
-    torch.save(_random_inception(1008, aux=False, fid_blocks=True).state_dict(), d / "pt_inception-fid.pth")
-    torch.save(_random_inception(1000, aux=True, fid_blocks=False).state_dict(), d / "inception_v3_google.pth")
-    torch.manual_seed(1)
-    i3d = InceptionI3d()
-    _calibrate_bn(i3d, lambda: i3d(torch.rand(2, 3, 8, 32, 32) * 2 - 1))
-    torch.save(i3d.state_dict(), d / "rgb_imagenet.pt")
-    return d
+from tests.metric_weights import SMALL
 
 
 # -- Inception ------------------------------------------------------------------------------------
@@ -156,43 +122,6 @@ def test_i3d_same_padding_matches_the_ports_rule(size, kernel, stride):
 
 
 # -- CLIP -----------------------------------------------------------------------------------------
-def _byte_alphabet():
-    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest shift past 255."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shift = [], 0
-    for b in range(256):
-        if b in printable:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + shift))
-            shift += 1
-    return out
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    d = tmp_path_factory.mktemp("clip")
-    chars = _byte_alphabet()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab.update({"gr": 512, "green</w>": 513, "<|startoftext|>": 514, "<|endoftext|>": 515})
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\ng r\n")
-    special = {"bos_token_id": 514, "eos_token_id": 515, "pad_token_id": 515}
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, **special),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(2)
-    CLIPModel(config).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
-
-
 def test_clip_sim_from_a_local_directory(clip_dir):
     from pipeline.evaluation.metrics.clip_sim import clip_similarities, clip_weight_files, load_clip
 

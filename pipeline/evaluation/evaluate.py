@@ -388,7 +388,7 @@ METRICS: dict[str, Callable[[EvalContext], dict]] = {
 
 
 # -- the stage --------------------------------------------------------------------------------
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -426,7 +426,7 @@ def evaluate(run_cfg: RunConfig, cfg: EvaluateConfig | None = None, out: Path | 
     _validate(run_cfg, cfg)
     eval_dir = run_cfg.run_dir / "eval"
     atomic.remove_stale_temporaries(eval_dir / "cache")
-    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=_pick_device(cfg.device),
+    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=pick_device(cfg.device),
                       generated_dir=run_cfg.resolve(cfg.generated) if cfg.generated else run_cfg.run_dir / "samples",
                       cache_dir=eval_dir / "cache")
     log.info("evaluating %s on %s: %s", ctx.generated_dir, ctx.device, ", ".join(cfg.metrics))
