@@ -46,10 +46,10 @@ def run(tmp_path_factory):
         rows.append({"id": f"img-{i}", "path": str(root / f"im{i}.png"), "source": "t", "width": 24, "height": 20,
                      "crop": [4, 2, 20, 18], "size": 16, "caption": f"a {COLOURS[i % 4]} field number {i}",
                      "split": "test" if i < 5 else "train"})
-    for i in range(5):  # 5-frame clips of 5 videos: 4 test, 1 train (the split is by video, stage 20)
+    for i in range(5):  # 5-frame clips of 4 videos (clips 2 and 3 of one): 1 train video (the split is by video)
         frames = np.stack([np.roll(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), t, axis=1) for t in range(5)])
         write_mp4(root / f"c{i}.mp4", frames, fps=5)
-        clips.append({"id": f"clip-{i}", "path": str(root / f"c{i}.mp4"), "source": f"v{i}", "video_id": f"vid-{i}",
+        clips.append({"id": f"clip-{i}", "path": str(root / f"c{i}.mp4"), "source": f"v{i}", "video_id": f"vid-{2 if i == 3 else i}",
                       "start": 0.0, "fps": 5.0, "frames": 5, "size": 16, "caption": "",
                       "split": "test" if i else "train"})
     run_dir = root / "run"
@@ -156,10 +156,11 @@ def test_table2_fvd_end_to_end_on_test_clips_of_the_configured_length(run, weigh
     assert protocol.main(["table2", "--config", str(config)]) == 0
     md, table, folder = read_table(root, "table2")
     made = sorted((folder / "samples" / "i2v").glob("*.mp4"))
-    assert [p.stem for p in made] == ["clip-1", "clip-2", "clip-3"]  # the first 3 test clips, never the train one
+    # one clip per test video (clip-3 shares clip-2's video), never the train video's
+    assert [p.stem for p in made] == ["clip-1", "clip-2", "clip-4"]
     assert all(probe(p).frame_count == 4 for p in made)  # 1 given + 3 predicted = the configured length
     fvd = json.loads((folder / "eval" / "i2v.json").read_text())["metrics"]["fvd"]
-    assert fvd["frames"] == 4 and fvd["generated_clips"] == 3 and fvd["reference_clips"] == 4
+    assert fvd["frames"] == 4 and fvd["generated_clips"] == 3 and fvd["reference_clips"] == 3  # those 3 clips
     assert table["ours"][0]["values"]["fvd"] == pytest.approx(fvd["value"]) and fvd["value"] > 0
     assert [r["values"]["fvd"] for r in table["paper"]] == [143.76, 368.16, 165.39, 62.57]
     bits = [b for b in table["bits_per_token"]]

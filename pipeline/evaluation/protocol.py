@@ -42,7 +42,7 @@ Config (top-level section `protocol`; metric weights, reference sets and block s
       sampling: {}                     # overrides of sample.sampling for every table (e.g. cfg_scale)
       wait_s: 86400                    # how long rank 0 waits for the other ranks' samples
       table1: {count: null, x4: true, block_fid: overlap, batch_size: 8}
-      table2: {count: null, frames: 8, clips: data/videos/kept.parquet, export_dir: null}
+      table2: {count: null, frames: 8, clips: data/videos/kept.parquet, one_per_video: true, export_dir: null}
       table3: {count: null, sides: [right, left, down, up], captions: [false, true], fraction: 0.5}
 
 A table left out of the section (or null) is not run; naming it on the command line is an error.
@@ -65,7 +65,7 @@ from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, load_config, to_dict
 from pipeline.evaluation import paper_tables
 from pipeline.evaluation.evaluate import EvaluateConfig, evaluate
-from pipeline.formats.manifest import IMAGE_MANIFEST, ManifestError, read_rows
+from pipeline.formats.manifest import CLIP_COLUMNS, IMAGE_MANIFEST, ManifestError, read_rows, write_rows
 from pipeline.ranks import rank_info
 from pipeline.sampling.sample import JobConfig, SampleSection, check_jobs, regrow_boxes, run_jobs
 
@@ -93,6 +93,7 @@ class Table2Config:
     frames: int = 8  # frames of each measured clip, the given first one included (paper: 8)
     fps: float = 5.0
     clips: str = "data/videos/kept.parquet"  # relative to run_dir
+    one_per_video: bool = True  # the first test clip of each test video (clips of one video are alike)
     export_dir: str | None = None  # the video renderer; null: the sample section's
     tokens: str = "tokens/videos/test"  # held-out clips for bits per token, relative to run_dir
     sampling: dict = field(default_factory=dict)
@@ -229,22 +230,32 @@ def plan_table1(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
 
 def plan_table2(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: EvaluateConfig) -> Plan:
     t = p.table2
-    clips = cfg.run_dir / t.clips
-    rows = _test_rows(cfg, clips, p.split, "clip")
+    source = cfg.run_dir / t.clips
+    rows = _test_rows(cfg, source, p.split, "clip")
     short = sorted({int(r["frames"]) for r in rows if int(r["frames"]) < t.frames})
     if short:
         raise ConfigError(f"{cfg.path}: protocol.table2 measures {t.frames}-frame clips but the {p.split} clips of "
-                          f"{clips} have {short} frames: cut clips of at least {t.frames} frames at stage 15 "
+                          f"{source} have {short} frames: cut clips of at least {t.frames} frames at stage 15 "
                           f"(ingest_videos.frames) and train on their first frames (tokenize.clip_frames)")
-    n = min(len(rows), t.count or len(rows))
+    if t.one_per_video:
+        seen: set[str] = set()
+        rows = [r for r in rows if not (str(r.get("video_id") or r["source"]) in seen
+                                        or seen.add(str(r.get("video_id") or r["source"])))]
+    rows = rows[:t.count] if t.count else rows
+    n = len(rows)
+    # The chosen clips, written once (every rank writes the same bytes, atomically): the sampler's
+    # input and FVD's reference, so both sides are exactly these clips.
+    clips = cfg.run_dir / p.out_dir / "table2" / "clips.parquet"
+    write_rows(clips, rows, CLIP_COLUMNS)
     label = _renderer_name(cfg, t.export_dir or sample.export_dir)
-    job = JobConfig(name="i2v", mode="image_to_video", input=str(clips), split=p.split, limit=t.count,
+    job = JobConfig(name="i2v", mode="image_to_video", input=str(clips), split=p.split, limit=None,
                     frames=t.frames - 1, fps=t.fps, export_dir=t.export_dir, seed=_seed(cfg, 2, 0),
                     sampling={**p.sampling, **t.sampling})
     over = {"fvd_frames": t.frames, "reference_videos": str(clips), "reference_split": p.split}
-    settings = [f"{n} test clips of {clips} (split {p.split!r}, by video): the first frame of each predicted to "
-                f"{t.frames} frames ({t.frames - 1} predicted) at {t.fps:g} fps",
-                f"FVD: the first {t.frames} frames of the generated clips against the {p.split} clips"]
+    settings = [f"{n} {p.split} clips of {source} (the split is by video)"
+                + (", the first of each video" if t.one_per_video else "") + f", listed in {clips}: the first "
+                f"frame of each predicted to {t.frames} frames ({t.frames - 1} predicted) at {t.fps:g} fps",
+                f"FVD: the first {t.frames} frames of the generated clips against those {n} real clips"]
     video = "right-down-forward"
     bits = [{"label": f"{label}, held-out clips, every frame", "tokens": t.tokens, "export": job.export_dir or
              sample.export_dir, "direction": video, "drop_captions": False, "select": None},
