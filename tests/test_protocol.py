@@ -49,9 +49,9 @@ def run(tmp_path_factory):
     for i in range(5):  # 5-frame clips of 4 videos (clips 2 and 3 of one): 1 train video (the split is by video)
         frames = np.stack([np.roll(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), t, axis=1) for t in range(5)])
         write_mp4(root / f"c{i}.mp4", frames, fps=5)
-        clips.append({"id": f"clip-{i}", "path": str(root / f"c{i}.mp4"), "source": f"v{i}", "video_id": f"vid-{2 if i == 3 else i}",
-                      "start": 0.0, "fps": 5.0, "frames": 5, "size": 16, "caption": "",
-                      "split": "test" if i else "train"})
+        clips.append({"id": f"clip-{i}", "path": str(root / f"c{i}.mp4"), "source": f"v{i}",
+                      "video_id": f"vid-{2 if i == 3 else i}", "start": 0.0, "fps": 5.0, "frames": 5, "size": 16,
+                      "caption": "", "split": "test" if i else "train"})
     run_dir = root / "run"
     manifest.write_rows(run_dir / "data/images/manifest.parquet", rows, manifest.IMAGE_COLUMNS)
     manifest.write_rows(run_dir / "data/videos/kept.parquet", clips, manifest.CLIP_COLUMNS)
