@@ -231,7 +231,7 @@ def _input_record(job: JobConfig) -> dict:
 def _run_video(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
     if job.split is not None:  # a set: each row's first frame, one clip each
         manifest, rows = set_rows(s, job, where)
-        for pos, (index, row) in enumerate(rows):
+        for pos, (index, row) in _bar(s, job, list(enumerate(rows)), 1):
             prompt = (row.get("caption") or "") if job.captions else job.prompt
             _video_item(s, job, where, common, sampling, seed + pos, out_dir / job.name / f"{row['id']}.mp4", prompt,
                         _row_record(job, index, row), [int(row["size"])] * 2,
@@ -318,7 +318,7 @@ def _run_extend_set(s: Sampler, job, where, common, sampling, seed, out_dir, sum
                           f"patches of {hp * s.f} x {wp * s.f} pixels")
     grid, origin, direction = extension_plan(((y1 - y0) // s.f, (x1 - x0) // s.f), job.side, job.amount // s.f,
                                              s.renderer.cfg.patch)
-    for start in range(0, len(rows), job.batch_size):
+    for start in _bar(s, job, range(0, len(rows), job.batch_size), job.batch_size):
         group = rows[start:start + job.batch_size]
         prompts = [(r.get("caption") or "") if job.captions else job.prompt for _, r in group]
         stems = [out_dir / job.name / str(r["id"]) for _, r in group]
@@ -359,7 +359,7 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         prompt = job.prompt if job.mode == "text_to_image" else None
         items = [(prompt, seed + i, out_dir / (job.name if job.count == 1 else f"{job.name}_{i:03d}"))
                  for i in range(job.count)]
-    for start in range(0, len(items), job.batch_size):
+    for start in _bar(s, job, range(0, len(items), job.batch_size), job.batch_size):
         group = items[start:start + job.batch_size]
         group_seed = group[0][1]
         settings = [{**common, "prompt": p or "", "seed": group_seed, "direction": direction.name, "size": size,
@@ -376,6 +376,15 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         for (_, _, stem), st in zip(group, settings):
             _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
             summary["written"].append(str(beside(stem, ".png")))
+
+
+def _bar(s: Sampler, job: JobConfig, units, per_unit: int):
+    """A progress bar over a job's units of work (groups of outputs) when it has several."""
+    from tqdm import tqdm
+
+    units = list(units)
+    return tqdm(units, desc=f"{job.name} ({per_unit} per step)", unit="step",
+                disable=not s.sec.progress or len(units) < 2)
 
 
 def _mine(summary: dict) -> bool:
