@@ -16,6 +16,7 @@ import torch
 
 from pipeline.evaluation.metrics.i3d import InceptionI3d
 from pipeline.evaluation.metrics.inception import InceptionFeatures, build_inception3
+from pipeline.formats.text_tokenizer import _byte_symbols
 
 SMALL = 75  # Inception-v3's smallest input
 
@@ -50,24 +51,11 @@ def write_weights(d: Path) -> Path:
     return d
 
 
-def byte_alphabet():
-    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest shift past 255."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shift = [], 0
-    for b in range(256):
-        if b in printable:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + shift))
-            shift += 1
-    return out
-
-
 def write_clip(d: Path) -> Path:
     """A tiny random CLIP as a transformers directory in folder `d`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    chars = byte_alphabet()
+    chars = _byte_symbols()  # the byte-level BPE alphabet, as CLIP's tokenizer files use it
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     vocab.update({"gr": 512, "green</w>": 513, "<|startoftext|>": 514, "<|endoftext|>": 515})
