@@ -155,6 +155,7 @@ class Plan:
     settings: list[str]
     bits: list[dict]  # {"label", "export", "tokens", "direction", "drop_captions", "select"}
     methods: list[str]
+    items: int  # outputs each job makes
 
 
 # ------------------------------------------------------------------------------ planning
@@ -225,7 +226,7 @@ def plan_table1(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
              "direction": t.direction, "drop_captions": False, "select": None},
             {"label": f"{label}, held-out images, captions dropped", "tokens": p.tokens,
              "export": sample.export_dir, "direction": t.direction, "drop_captions": True, "select": None}]
-    return Plan("table1", jobs, rows_out, settings, bits, [label])
+    return Plan("table1", jobs, rows_out, settings, bits, [label], n)
 
 
 def plan_table2(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: EvaluateConfig) -> Plan:
@@ -262,7 +263,7 @@ def plan_table2(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
             {"label": f"{label}, held-out clips, predicted frames (after the first)", "tokens": t.tokens,
              "export": job.export_dir or sample.export_dir, "direction": video, "drop_captions": False,
              "select": ("frames_after", 0)}]
-    return Plan("table2", [job], [Row("i2v", "i2v", {"fvd": "fvd"}, label, over)], settings, bits, [label])
+    return Plan("table2", [job], [Row("i2v", "i2v", {"fvd": "fvd"}, label, over)], settings, bits, [label], n)
 
 
 def plan_table3(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: EvaluateConfig) -> Plan:
@@ -291,7 +292,7 @@ def plan_table3(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
     settings = [f"{n} test images of {manifest} (split {p.split!r}), {size} x {size}: {amount} pixels removed on "
                 f"each side in turn and grown back (the given part is {size - amount} pixels deep)",
                 "Block-FID over the generated part only, against the same part of the test images"]
-    return Plan("table3", jobs, rows_out, settings, bits, methods)
+    return Plan("table3", jobs, rows_out, settings, bits, methods, n)
 
 
 PLANNERS = {"table1": plan_table1, "table2": plan_table2, "table3": plan_table3}
@@ -306,8 +307,9 @@ def _fingerprint(sample: SampleSection, jobs: list[JobConfig]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def wait_for_ranks(folder: Path, fingerprint: str, world: int, wait_s: float) -> None:
-    """Rank 0: wait until every rank has marked its share of these jobs done (same fingerprint)."""
+def wait_for_ranks(folder: Path, fingerprint: str, world: int, wait_s: float, expected: dict[str, int]) -> None:
+    """Rank 0: wait until every rank has marked its share of these jobs done (same fingerprint) and every
+    job's folder holds its `expected` outputs (a mark left by an earlier complete run counts only then)."""
     deadline = time.monotonic() + wait_s
     while True:
         missing = []
@@ -319,11 +321,13 @@ def wait_for_ranks(folder: Path, fingerprint: str, world: int, wait_s: float) ->
                 ok = False
             if not ok:
                 missing.append(r)
-        if not missing:
+        short = {job: n for job, n in expected.items() if len(list((folder / job).glob("*.json"))) < n}
+        if not missing and not short:
             return
         if time.monotonic() >= deadline:
-            raise ConfigError(f"{folder}: ranks {missing} did not finish their samples within {wait_s:g} s; run them "
-                              "again (finished outputs are kept), then this command")
+            raise ConfigError(f"{folder}: ranks {missing} did not finish their samples within {wait_s:g} s "
+                              f"(jobs short of outputs: {sorted(short)}); run them again (finished outputs are "
+                              "kept), then this command")
         time.sleep(2.0)
 
 
@@ -403,7 +407,7 @@ def run_table(cfg: RunConfig, name: str) -> dict | None:
     atomic.write_json(samples / f".protocol-rank{ranks.rank}.json", {"fingerprint": fingerprint, **summary})
     if not ranks.is_main:
         return None
-    wait_for_ranks(samples, fingerprint, ranks.world_size, p.wait_s)
+    wait_for_ranks(samples, fingerprint, ranks.world_size, p.wait_s, {j.name: plan.items for j in plan.jobs})
 
     base = ev
     if name != "table2" and ev.reference is None:  # the images of the protocol's own test split
