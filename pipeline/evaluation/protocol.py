@@ -204,7 +204,7 @@ def plan_table1(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
                   batch_size=t.batch_size, sampling={**p.sampling, **t.sampling})
     widths = [("t2i", w)] + ([("t2i-x4", 4 * w)] if t.x4 else [])
     jobs, rows_out = [], []
-    label = f"{_renderer_name(cfg, sample.export_dir)}"
+    label = _renderer_name(cfg, sample.export_dir)
     for k, (name, width) in enumerate(widths):
         if t.block_fid == "shifted":  # one block larger; half a block trimmed off every side
             size, half = (h + block, width + block), block // 2
@@ -238,10 +238,11 @@ def plan_table2(cfg: RunConfig, p: ProtocolSection, sample: SampleSection, ev: E
         raise ConfigError(f"{cfg.path}: protocol.table2 measures {t.frames}-frame clips but the {p.split} clips of "
                           f"{source} have {short} frames: cut clips of at least {t.frames} frames at stage 15 "
                           f"(ingest_videos.frames) and train on their first frames (tokenize.clip_frames)")
-    if t.one_per_video:
-        seen: set[str] = set()
-        rows = [r for r in rows if not (str(r.get("video_id") or r["source"]) in seen
-                                        or seen.add(str(r.get("video_id") or r["source"])))]
+    if t.one_per_video:  # the first clip of each video, in manifest order
+        first: dict[str, dict] = {}
+        for r in rows:
+            first.setdefault(str(r.get("video_id") or r["source"]), r)
+        rows = list(first.values())
     rows = rows[:t.count] if t.count else rows
     n = len(rows)
     # The chosen clips, written once (every rank writes the same bytes, atomically): the sampler's
