@@ -5,6 +5,8 @@
 #   ./run.sh test [pytest args]           set up, then the test suite
 #   ./run.sh stages 30-50 --config C.yaml run the stages numbered 30..50 of stages/ for config C
 #   ./run.sh stages all --config C.yaml   every stage
+#   ./run.sh protocol table1 --config C.yaml   the paper's Table 1 (or table2, table3; none = every one the
+#                                         config's protocol section names): stage 85 for those tables
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
 #   ./run.sh gpu-wheels                   put DeepSpeed and what it needs as wheels in .whl/ (for a bare GPU machine)
 #   ./run.sh gpu-check [--dir D]          on a GPU machine: tests + benches in one JSON (no venv; docs/gpu_check.md)
@@ -18,6 +20,8 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
+# The comment block at the top of this file, without its '#'.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 pick_python() {
   if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
@@ -123,7 +127,11 @@ case "$cmd" in
     # No venv and no set-up: a lent GPU machine's python3 has torch; the check installs .whl/ itself.
     exec "${PYTHON:-python3}" -m pipeline.bench.gpu_check "$@"
     ;;
+  protocol)
+    setup
+    run_stages 85 "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "unknown command '$cmd'"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    usage ;;
+  *) log "unknown command '$cmd'"; usage; exit 2 ;;
 esac

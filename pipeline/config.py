@@ -42,6 +42,7 @@ SECTIONS = (
     "model", "train",  # 60-65
     "sample",  # 70
     "evaluate",  # 80
+    "protocol",  # 85: the paper's Tables 1-3
 )
 
 

@@ -15,3 +15,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory):
+    """Random Inception (both public formats) and I3D weight files (tests/metric_weights.py), made once."""
+    from tests.metric_weights import write_weights
+
+    return write_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory):
+    """A tiny random CLIP in a transformers directory (tests/metric_weights.py), made once."""
+    from tests.metric_weights import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clip"))

@@ -12,6 +12,7 @@ from pipeline.curation.ingest_videos import IngestVideosConfig
 from pipeline.curation.object_filter import FilterConfig
 from pipeline.demo_data.make import DemoDataConfig
 from pipeline.evaluation.evaluate import EvaluateConfig
+from pipeline.evaluation.protocol import ProtocolSection
 from pipeline.formats.renderer_io import model_config
 from pipeline.formats.vqgan_io import VQGANSection, architecture
 from pipeline.sampling.sample import SampleSection, check_jobs
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "ingest_videos": IngestVideosConfig,
             "filter": FilterConfig, "caption": CaptionConfig, "vqgan": VQGANSection,
             "train_vqgan": TrainVQGANSection, "tokenize": TokenizeSection, "train": TrainSection,
-            "sample": SampleSection, "evaluate": EvaluateConfig}
+            "sample": SampleSection, "evaluate": EvaluateConfig, "protocol": ProtocolSection}
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml"])

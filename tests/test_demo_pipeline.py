@@ -32,12 +32,14 @@ def small_demo_config(tmp: Path) -> dict:
                       "object_fraction": 0.34},
         "ingest_images": {"min_side": 64, "size": 64, "chunk_size": 12},
         "ingest_videos": {"min_side": 64, "size": 64, "frames": 2},
+        "filter": {"split": {"test_fraction": 0.34, "salt": "lhqv"}},  # 1 of the 3 videos held out
         "caption": {"split": {"test_fraction": 0.25}},
         "train_vqgan": {"size": 64, "steps": 4, "image_every": 2, "ckpt_every": 2},
         "model": {"n_layer": 1, "d_model": 32, "text_vocab_size": 300},
         "train": {"epochs": 1, "micro_batch": 3, "global_batch": 6, "save_every": 4, "sample_every": 0},
         "profiles": {"video": {"train": {"epochs": 1, "global_batch": 2, "micro_batch": 1}}},
         "evaluate": {"block_size": 32, "block_stride": 16},
+        "protocol": {"table2": {"frames": 2}},  # the small demo's clips have 2 frames
     }
     cfg = deep_merge(cfg, small)
     for job in cfg["sample"]["jobs"]:  # 64 x 64 training images: a panorama 4x as wide
@@ -72,7 +74,7 @@ def test_demo_pipeline_end_to_end_and_rerun_reuses_work(tmp_path):
     log = run_all(config)
     for stage in ("00_make_demo_data", "10_ingest_images", "15_ingest_videos", "20_filter_objects",
                   "30_caption", "40_train_vqgan", "50_tokenize", "60_train", "65_train_video", "70_sample",
-                  "80_evaluate", "90_summary"):
+                  "80_evaluate", "85_protocol", "90_summary"):
         assert f"stage {stage}.sh finished" in log, stage
     assert "object filter: SKIPPED" in log and "filter.weights is not set" in log
 
@@ -82,7 +84,7 @@ def test_demo_pipeline_end_to_end_and_rerun_reuses_work(tmp_path):
     assert len(manifest) == 24 and {r["split"] for r in manifest} == {"train", "test"}
     assert all(r["caption"] for r in manifest)
     assert (run / "vqgan/vqgan.safetensors").is_file()
-    for tokens in ("tokens/images/train", "tokens/images/test", "tokens/videos/train"):
+    for tokens in ("tokens/images/train", "tokens/images/test", "tokens/videos/train", "tokens/videos/test"):
         assert (run / tokens / "index.parquet").is_file(), tokens
     assert (run / "train/export/renderer.safetensors").is_file()
     assert (run / "video_model/train/export/renderer.safetensors").is_file()
@@ -103,7 +105,22 @@ def test_demo_pipeline_end_to_end_and_rerun_reuses_work(tmp_path):
     assert 0 < bpt < 7 and np.isfinite(bpt)  # 64 codes: 6 bits is a uniform guess
     assert set(metrics["skipped"]) == {"block_fid", "inception_score", "clip_sim", "fvd"}
     assert "inception_weights" in metrics["skipped"]["block_fid"]
-    assert "tensorboard --logdir" in (run / "SUMMARY.md").read_text()
+    summary = (run / "SUMMARY.md").read_text()
+    assert "tensorboard --logdir" in summary
+
+    # stage 85: the paper's three tables at the demo's scale, in the summary too; the metrics whose
+    # weights cannot ship are skipped with the reason, bits per token and speed are measured
+    for name in ("table1", "table2", "table3"):
+        table = json.loads((run / "protocol" / name / f"{name}.json").read_text())
+        assert table["ours"] and all(r["skipped"] for r in table["ours"])
+        assert all(0 < b["bits_per_token"] < 7 for b in table["bits_per_token"]), name
+        assert all(s and s["outputs"] > 0 for s in table["speed"].values()), name
+        assert table["title"] in summary
+    t1 = json.loads((run / "protocol/table1/table1.json").read_text())
+    assert t1["speed"]["t2i"]["outputs"] == 6 and t1["speed"]["t2i-x4"]["outputs"] == 6  # every test caption
+    assert Image.open(next((run / "protocol/table1/samples/t2i-x4").glob("*.png"))).size == (256, 64)
+    t3 = json.loads((run / "protocol/table3/table3.json").read_text())
+    assert len(t3["bits_per_token"]) == 8 and len(t3["speed"]) == 8  # 4 sides, w/o and w/ caption
 
     # Second run: every expensive stage finds its work done and leaves its files untouched; the
     # cheap merges (the manifest's captions and split, the token index) come out with the same bytes.

@@ -187,3 +187,20 @@ def test_inception_score_survives_extremely_confident_logits():
     assert mean == pytest.approx(3.0) and np.isfinite(std)
     logits[0, 3] = 256.0  # p = exp(-744), a denormal: its mean over the split underflows to 0
     assert np.isfinite(inception_score_from_logits(logits, splits=3)[0])
+
+
+def test_inception_score_with_n_not_divisible_by_splits_uses_every_item():
+    # 7 items in 3 splits: parts [0, 2), [2, 4), [4, 7) as in the original implementation. The last
+    # item is the only one of class 2; dropping it (7 // 3 * 3 = 6 items) would give a different value.
+    logits = np.full((7, 3), -60.0)
+    logits[[0, 2, 4], 0] = 60.0
+    logits[[1, 3, 5], 1] = 60.0
+    logits[6, 2] = 60.0
+    mean, std, splits = inception_score_from_logits(logits, splits=3)
+    # parts 1 and 2 hold classes {0, 1} once each (IS 2), part 3 holds {0, 1, 2} once each (IS 3)
+    assert splits == 3
+    assert mean == pytest.approx((2 + 2 + 3) / 3, rel=1e-9)
+    assert std == pytest.approx(np.std([2.0, 2.0, 3.0]), rel=1e-9)
+    # and every item is in exactly one part: with one split the score is that of all 7 items
+    p_y = np.array([3, 3, 1]) / 7
+    assert inception_score_from_logits(logits, splits=1)[0] == pytest.approx(np.exp(-(p_y * np.log(p_y)).sum()))

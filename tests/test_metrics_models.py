@@ -2,9 +2,8 @@
 
 Formats: torchvision's Inception-v3 state dict (1000 classes, AuxLogits), pytorch-fid's
 (1008 classes, FID blocks), pytorch-i3d's InceptionI3d state dict, and a transformers CLIP
-directory (save_pretrained + vocab.json/merges.txt written here). The networks are the real
-architectures with random weights; their BatchNorm statistics are calibrated on random input
-so that features are of order one (plain random init shrinks them towards zero).
+directory: the fixtures `weights_dir` and `clip_dir` (tests/conftest.py, made by
+tests/metric_weights.py once per session).
 """
 
 import json
@@ -19,43 +18,10 @@ from PIL import Image
 from pipeline.evaluation.metrics import extract
 from pipeline.evaluation.metrics.blocks import iter_blocks
 from pipeline.evaluation.metrics.fid import frechet_distance
-from pipeline.evaluation.metrics.i3d import InceptionI3d, _same_padding, load_i3d
+from pipeline.evaluation.metrics.i3d import _same_padding, load_i3d
 from pipeline.evaluation.metrics.inception import FIDInceptionE, InceptionFeatures, build_inception3, load_inception
 from pipeline.formats import manifest
-
-SMALL = 75  # Inception-v3's smallest input
-
-
-def _calibrate_bn(module, run):
-    """Set every BatchNorm's running statistics to those of one random batch."""
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.momentum = 1.0
-    module.train()
-    with torch.no_grad():
-        run()
-    module.eval()
-
-
-def _random_inception(num_classes, aux, fid_blocks):
-    torch.manual_seed(0)
-    net = build_inception3(num_classes, aux_logits=aux, fid_blocks=fid_blocks)
-    feats = InceptionFeatures(net, "calibration", input_size=SMALL)
-    _calibrate_bn(net, lambda: feats._trunk(torch.rand(4, 3, SMALL, SMALL) * 2 - 1))
-    return net
-
-
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    """Random Inception (both formats) and I3D weight files, made once for this module."""
-    d = tmp_path_factory.mktemp("weights")
-    torch.save(_random_inception(1008, aux=False, fid_blocks=True).state_dict(), d / "pt_inception-fid.pth")
-    torch.save(_random_inception(1000, aux=True, fid_blocks=False).state_dict(), d / "inception_v3_google.pth")
-    torch.manual_seed(1)
-    i3d = InceptionI3d()
-    _calibrate_bn(i3d, lambda: i3d(torch.rand(2, 3, 8, 32, 32) * 2 - 1))
-    torch.save(i3d.state_dict(), d / "rgb_imagenet.pt")
-    return d
+from tests.metric_weights import SMALL
 
 
 # -- Inception ------------------------------------------------------------------------------------
@@ -156,43 +122,6 @@ def test_i3d_same_padding_matches_the_ports_rule(size, kernel, stride):
 
 
 # -- CLIP -----------------------------------------------------------------------------------------
-def _byte_alphabet():
-    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest shift past 255."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shift = [], 0
-    for b in range(256):
-        if b in printable:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + shift))
-            shift += 1
-    return out
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    d = tmp_path_factory.mktemp("clip")
-    chars = _byte_alphabet()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab.update({"gr": 512, "green</w>": 513, "<|startoftext|>": 514, "<|endoftext|>": 515})
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\ng r\n")
-    special = {"bos_token_id": 514, "eos_token_id": 515, "pad_token_id": 515}
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, **special),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(2)
-    CLIPModel(config).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
-
-
 def test_clip_sim_from_a_local_directory(clip_dir):
     from pipeline.evaluation.metrics.clip_sim import clip_similarities, clip_weight_files, load_clip
 
@@ -420,3 +349,74 @@ def test_evaluate_config_errors_name_the_key(tmp_path, weights_dir):
     with pytest.raises(ConfigError, match="unknown metric.*bpt"):
         ev.evaluate(load_config(config))
     assert ev.main(["--config", str(config)]) == 1  # pipeline.errors: 1 = an error the user can fix
+
+
+def test_block_fid_over_a_region_sees_only_that_region(tmp_path, weights_dir, monkeypatch):
+    """Table 3's metric: the extended half against the same half of the real images. Samples whose
+    extended half equals the real image's and whose given half is noise score ~0; the given half
+    never enters the statistics (over the whole image, the noise moves the generated statistics)."""
+    from pipeline.config import load_config
+    from pipeline.evaluation import evaluate as ev
+    from pipeline.evaluation.metrics.media import ImageItem, MediaError, with_region
+
+    rng = np.random.default_rng(11)
+    real, gen = tmp_path / "real", tmp_path / "run" / "samples"
+    rows = []
+    for i in range(6):
+        y, x = np.mgrid[0:64, 0:64] / 64.0  # smooth real images: gradients and a little noise
+        img = np.stack([y * 200 * (i + 1) / 6, x * 180, (1 - y) * 150], -1) + rng.normal(0, 4, (64, 64, 3))
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        real.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(real / f"r{i}.png")
+        rows.append({"id": f"img-{i}", "path": str(real / f"r{i}.png"), "source": "t", "width": 64, "height": 64,
+                     "crop": [0, 0, 64, 64], "size": 64, "caption": "", "split": "test"})
+        sample = img.copy()
+        sample[:, :32] = rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)  # the given (left) half: noise
+        gen.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample).save(gen / f"{i}.png")
+    manifest.write_rows(real / "manifest.parquet", rows, manifest.IMAGE_COLUMNS)
+    section = {"metrics": ["block_fid"], "reference": str(real / "manifest.parquet"), "block_size": 32,
+               "block_stride": 16, "inception_size": SMALL, "fid_method": "eigen", "device": "cpu",
+               "inception_weights": str(weights_dir / "pt_inception-fid.pth")}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": "run", "evaluate": section}))
+    run = load_config(config)
+    right = [32, 0, 64, 64]
+    halves = ev.evaluate(run, ev.EvaluateConfig(**section, generated_region=right, reference_region=right),
+                         out=tmp_path / "halves.json")["metrics"]["block_fid"]
+    # a 64 x 32 half at block 32, stride 16: 3 x 1 blocks per image
+    assert (halves["generated_blocks"], halves["reference_blocks"]) == (18, 18)
+    assert halves["generated_region"] == right and halves["reference_region"] == right
+    # ~0 up to float64 rounding, relative to the spread of the features (random weights: large features)
+    with np.load(halves["reference_cache"]) as cached:
+        scale = float(np.trace(cached["cov"]))
+    assert abs(halves["value"]) < 1e-6 * scale
+
+    # Over whole images the noisy given half does enter. (Only the means are compared here: one
+    # 2048-d Fréchet distance above is what this test can afford on a shared 2-core machine.)
+    seen = []
+    monkeypatch.setattr(ev, "frechet_distance", lambda m1, s1, m2, s2, method: seen.append((m1, m2)) or 0.0)
+    whole = ev.evaluate(run, ev.EvaluateConfig(**section), out=tmp_path / "whole.json")["metrics"]["block_fid"]
+    assert whole["generated_blocks"] == 6 * 9 and whole["reference_cache"] != halves["reference_cache"]
+    (mu_gen, mu_ref), = seen
+    assert np.linalg.norm(mu_gen - mu_ref) > 0.1 * np.linalg.norm(mu_ref)
+    # a region outside an image is that image's MediaError (evaluate lists it under bad_inputs)
+    (item,) = with_region([ImageItem(gen / "0.png")], [32, 0, 96, 64])
+    with pytest.raises(MediaError, match=r"region \[32, 0, 96, 64\] is outside the 64x64 image"):
+        item.read()
+
+
+def test_fvd_leaves_out_clips_shorter_than_its_length(tmp_path, weights_dir):
+    from pipeline.evaluation.metrics.i3d import load_i3d
+    from pipeline.evaluation.metrics.media import VideoItem
+    from pipeline.formats.video_io import write_mp4
+
+    rng = np.random.default_rng(3)
+    items = []
+    for i, frames in enumerate((8, 8, 5, 8)):
+        write_mp4(tmp_path / f"v{i}.mp4", rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8), fps=5)
+        items.append(VideoItem(tmp_path / f"v{i}.mp4"))
+    bad = []
+    stats = extract.i3d_stats(load_i3d(weights_dir / "rgb_imagenet.pt"), items, 8, 32, 2, "cpu", bad)
+    assert stats.count == 3
+    assert bad == [{"path": str(tmp_path / "v2.mp4"), "reason": "5 frames, FVD here needs 8"}]

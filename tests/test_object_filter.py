@@ -215,6 +215,10 @@ def test_no_weights_keeps_everything_marked_unfiltered(tmp_path, clip_rows, capl
     assert [r["id"] for r in kept] == [r["id"] for r in clip_rows]
     assert {r["object_filter"] for r in kept} == {"unfiltered"}
     assert not (tmp_path / "run" / "data" / "videos" / "filter_stats.parquet").exists()
+    # the video split is made here, by video: the two clips of a video are on one side
+    sides = {}
+    for r in kept:
+        assert sides.setdefault(r["source"], r["split"]) == r["split"] and r["split"] in ("train", "test")
 
 
 def test_two_ranks_give_the_one_rank_bytes(reference, tmp_path, weights, clip_rows):

@@ -145,3 +145,89 @@ def test_bad_jobs_are_config_errors_naming_the_job(tmp_path, models, capsys):
         assert sample.main(["--config", str(cfg)]) == 1  # one line, no traceback (pipeline.errors)
         [line] = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
         assert line.startswith("pipeline.sampling.sample: error: ") and re.search(message, line) and "jobs[" in line
+
+
+def _manifests(tmp_path, rng):
+    """An image manifest (16 x 16 crops, 4 test rows of 6) and a clip manifest (3 test clips of 4)."""
+    from pipeline.formats import manifest
+    from pipeline.formats.video_io import write_mp4
+
+    rows, clips = [], []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        rows.append({"id": f"img-{i}", "path": str(tmp_path / f"im{i}.png"), "source": "t", "width": 16, "height": 20,
+                     "crop": [0, 2, 16, 18], "size": 16, "caption": f"caption {i}",
+                     "split": "train" if i in (1, 4) else "test"})
+    for i in range(4):
+        write_mp4(tmp_path / f"c{i}.mp4", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8), fps=5)
+        clips.append({"id": f"clip-{i}", "path": str(tmp_path / f"c{i}.mp4"), "source": f"v{i}", "start": 0.0,
+                      "fps": 5.0, "frames": 3, "size": 16, "caption": "", "split": "test" if i else "train"})
+    manifest.write_rows(tmp_path / "images.parquet", rows, manifest.IMAGE_COLUMNS)
+    manifest.write_rows(tmp_path / "clips.parquet", clips, manifest.CLIP_COLUMNS)
+    return rows, clips
+
+
+def test_sets_over_a_test_split_shard_over_ranks_and_resume(tmp_path, models, monkeypatch):
+    root, vq = models
+    rows, _ = _manifests(tmp_path, np.random.default_rng(1))
+    jobs = [{"name": "t2i", "mode": "batch", "prompts_file": "images.parquet", "split": "test", "limit": 3,
+             "size": [16, 32], "batch_size": 2},
+            {"name": "ext", "mode": "extend", "input": "images.parquet", "split": "test", "side": "up", "amount": 8,
+             "captions": True, "batch_size": 3},
+            {"name": "i2v", "mode": "image_to_video", "input": "clips.parquet", "split": "test", "frames": 1}]
+    cfg = write_config(tmp_path, root, jobs, save_codes=True)
+    out = tmp_path / "run" / "samples"
+    # two ranks, one after the other (each takes every second unit of work), give the one-rank outputs
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert sample.main(["--config", str(cfg)]) == 0
+    done = [json.loads((out / f".done-rank{r}.json").read_text()) for r in (0, 1)]
+    assert not set(done[0]["written"]) & set(done[1]["written"])
+    test_ids = [r["id"] for r in rows if r["split"] == "test"]
+    assert sorted(p.stem for p in (out / "t2i").glob("*.png")) == sorted(test_ids[:3])  # limit: the first 3
+    t2i = json.loads((out / "t2i" / f"{test_ids[2]}.json").read_text())
+    assert t2i["prompt"] == "caption 3" and t2i["size"] == [16, 32] and t2i["batch"] == {"size": 1, "row": 0}
+    # extension set: each test image minus its top 8 pixels, grown back; the given codes are kept
+    assert sorted(p.stem for p in (out / "ext").glob("*.png")) == sorted(test_ids)
+    ext = json.loads((out / "ext" / "img-2.json").read_text())
+    assert ext["prompt"] == "caption 2" and ext["direction"] == "right-up-forward"
+    assert ext["given_box"] == [0, 8, 16, 16] and ext["generated_box"] == [0, 0, 16, 8]
+    assert ext["input"] == {"path": "images.parquet", "index": 2, "id": "img-2", "split": "test"}
+    assert ext["stats"]["patches_primed"] == 2 and ext["stats"]["patches_generated"] == 2
+    real = np.asarray(Image.open(tmp_path / "im2.png"))[2:18].copy()
+    with torch.no_grad():
+        given = vq.encode(torch.from_numpy(np.ascontiguousarray(real[8:])).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    assert np.array_equal(np.load(out / "ext" / "img-2.codes.npy")[0, 4:], given[0].numpy())
+    with Image.open(out / "ext" / "img-2.png") as im:
+        assert im.size == (16, 16)
+    # video set: one clip per test clip, 1 given + 1 predicted frame
+    assert sorted(p.name for p in (out / "i2v").glob("*.mp4")) == ["clip-1.mp4", "clip-2.mp4", "clip-3.mp4"]
+    # a third pass (one rank) finds everything done
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert sample.main(["--config", str(cfg)]) == 0
+    again = json.loads((out / ".done.json").read_text())
+    assert again["written"] == [] and again["skipped"] == 3 + 4 + 3
+
+
+def test_set_jobs_are_checked(tmp_path, models, capsys):
+    root, _ = models
+    _manifests(tmp_path, np.random.default_rng(2))
+    cases = [
+        ({"name": "a", "mode": "extend", "input": "images.parquet", "split": "test", "side": "up", "amount": 8,
+          "input_crop": [0, 0, 8, 8]}, "pick one input"),
+        ({"name": "b", "mode": "batch", "prompts_file": "p.txt", "split": "test", "size": [16, 16]}, "not one"),
+        ({"name": "c", "mode": "extend", "input": "images.parquet", "side": "up", "amount": 8, "limit": 2},
+         "sets only"),
+        ({"name": "d", "mode": "extend", "input": "images.parquet", "split": "val", "side": "up", "amount": 8},
+         "no row with split 'val'"),
+        ({"name": "e", "mode": "extend", "input": "images.parquet", "split": "test", "side": "left", "amount": 4},
+         "not whole patches"),
+    ]
+    for job, message in cases:
+        cfg = write_config(tmp_path, root, [job])
+        capsys.readouterr()
+        assert sample.main(["--config", str(cfg)]) == 1  # one line, no traceback (pipeline.errors)
+        [line] = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+        assert re.search(message, line), line

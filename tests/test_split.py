@@ -74,3 +74,31 @@ def test_split_cli_writes_the_manifest_atomically_and_repeatably(tmp_path):
     cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "caption": {"split": {"test_count": 60}}}))
     assert split.main(["--config", str(cfg)]) == 1
     assert manifest.read_bytes() == first  # a failed split leaves the manifest as it was
+
+
+def test_video_split_is_by_video_deterministic_and_disjoint():
+    # 200 videos with 1 to 4 clips each; clip rows as stage 15 writes them (video_id = the source video)
+    rng = random.Random(3)
+    clips = [{"id": f"clip-{v}-{k}", "video_id": stable_id("vid", f"pexels/{v}"), "source": f"https://x/{v}.mp4"}
+             for v in range(200) for k in range(rng.randint(1, 4))]
+    cfg = split.SplitConfig(test_fraction=0.1, salt="lhqv")
+    rows = split.apply_by_video(clips, cfg)
+    side = {}
+    for r in rows:  # every clip of a video is on its video's side: no test clip shares a training video
+        assert side.setdefault(r["video_id"], r["split"]) == r["split"]
+    assert list(side.values()).count("test") == 20 and list(side.values()).count("train") == 180
+    # deterministic: the same labels for any row order, and from the ids alone
+    shuffled = clips[:]
+    rng.shuffle(shuffled)
+    again = {r["id"]: r["split"] for r in split.apply_by_video(shuffled, cfg)}
+    assert again == {r["id"]: r["split"] for r in rows}
+    # a bigger test set contains the smaller one; another salt gives another split
+    bigger = {r["video_id"] for r in split.apply_by_video(clips, split.SplitConfig(test_count=40, salt="lhqv"))
+              if r["split"] == "test"}
+    assert {v for v, s in side.items() if s == "test"} < bigger
+    other = {r["id"]: r["split"] for r in split.apply_by_video(clips, split.SplitConfig(test_fraction=0.1))}
+    assert other != again
+    # older clip manifests without video_id fall back to the source
+    legacy = split.apply_by_video([{k: v for k, v in c.items() if k != "video_id"} for c in clips], cfg)
+    for r in legacy:
+        assert side.setdefault(r["source"], r["split"]) == r["split"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,7 +159,7 @@ def test_two_ranks_give_the_same_codes_as_one(data, tmp_path, capsys):
     assert tokenize.main(["--config", str(cfg), "--merge-only"]) == 0
 
 
-def test_clips_are_tokenized_frame_by_frame_and_decoded(data, tmp_path):
+def test_clips_are_tokenized_frame_by_frame_and_decoded(data, tmp_path, capsys):
     rng = np.random.default_rng(2)
     clips = []
     for i in range(3):
@@ -188,6 +189,16 @@ def test_clips_are_tokenized_frame_by_frame_and_decoded(data, tmp_path):
     with av.open(str(out)) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 4 and decoded[0].shape == (64, 64, 3)
+    # clip_frames: the first N frames of every clip (the paper's 5-frame training clips cut from the
+    # 8-frame clips its Table 2 needs); more frames than the clips have is a clear error
+    short = setup_run(tmp_path / "short", data["rows"][:4], data["weights"], clips=clips, clip_frames=2)
+    assert tokenize.main(["--config", str(short)]) == 0
+    two = shards.TokenSet(tmp_path / "short" / "run" / "tokens" / "videos" / "train")
+    assert two.meta.grid == (2, 4, 4) and np.array_equal(two.codes(1), codes[:2])
+    capsys.readouterr()
+    assert tokenize.main(["--config", str(setup_run(tmp_path / "long", data["rows"][:4], data["weights"], clips=clips,
+                                                    clip_frames=5))]) == 1
+    assert re.search("clip_frames is 5 but the clips of .* have 4 frames", capsys.readouterr().err)
     # An image entry and a bare .npy grid go to PNGs holding exactly the model's decode.
     img_set = tmp_path / "run" / "tokens" / "images" / "train"
     grid = shards.TokenSet(img_set).codes(0)

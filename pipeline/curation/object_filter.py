@@ -22,6 +22,9 @@ Pexels videos -> 40k kept) and says nothing more; the choices here:
   a changed rule (any thresholds >= `record_min_score`, other classes) without the detector.
 - No weights configured: the stage says so and writes kept.parquet = every clip, with
   `object_filter: unfiltered` (filtered runs write `passed`).
+- The video train/test split is made here, on the kept clips (`split`, pipeline/curation/split.py):
+  by source video, so every clip of a video is on one side; deterministic from the ids alone.
+  Default: 10% of the videos held out (salt "lhqv"); the paper gives no split for LHQ-V.
 
 Work follows the chunk protocol of `pipeline.curation.chunked`: chunk k of clips.parquet belongs to rank
 k % WORLD_SIZE and writes `filter_chunks/chunk-NNNNNN.parquet` (the detections) and last its
@@ -47,7 +50,7 @@ from tqdm import tqdm
 
 from pipeline import atomic
 from pipeline.config import ConfigError, load_config, to_dict
-from pipeline.curation import chunked
+from pipeline.curation import chunked, split
 from pipeline.curation.chunked import fingerprint
 from pipeline.errors import entry_point
 from pipeline.formats.manifest import CLIP_COLUMNS, read_rows, write_rows
@@ -58,7 +61,7 @@ log = logging.getLogger("object_filter")
 
 ARCHITECTURES = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 # Settings that do not change the recorded detections (kept out of chunk fingerprints and the detector cache).
-NOT_DETECTOR = ("rule", "chunk_size", "merge_timeout_s", "batch_size", "clips", "output_dir")
+NOT_DETECTOR = ("rule", "split", "chunk_size", "merge_timeout_s", "batch_size", "clips", "output_dir")
 DETECTION_COLUMNS = ("id", "path", "frame_times", "det_frame", "det_score", "det_label", "det_area", "error")
 
 
@@ -93,6 +96,8 @@ class FilterConfig:
     batch_size: int = 8
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     rule: RuleConfig = field(default_factory=RuleConfig)
+    # train/test by video; when given, the keys replace this default as a whole (split.SplitConfig)
+    split: split.SplitConfig = field(default_factory=lambda: split.SplitConfig(test_fraction=0.1, salt="lhqv"))
     chunk_size: int = 256
     merge_timeout_s: float = 3600.0
     clips: str = "data/videos/clips.parquet"  # relative to run_dir
@@ -406,7 +411,7 @@ def run(cfg: FilterConfig, run_dir: Path, resolve, ranks: RankInfo | None = None
         return _retune(cfg, out, run_dir, t0)
     clips = read_rows(run_dir / cfg.clips, CLIP_COLUMNS)
     if cfg.weights is None:
-        return _unfiltered(out, clips, ranks)
+        return _unfiltered(out, clips, ranks, cfg.split)
     weights = resolve(cfg.weights)
     if not weights.is_file():
         raise ConfigError(f"filter.weights: Mask R-CNN weights not found: {weights}")
@@ -424,7 +429,7 @@ def run(cfg: FilterConfig, run_dir: Path, resolve, ranks: RankInfo | None = None
     plan.wait(0.0 if merge_only else cfg.merge_timeout_s)
     rows = plan.read_all()
     plan.remove_stale()
-    return _write_decisions(out, clips, rows, cfg.rule, cfg.record_min_score, plan.merged_fingerprint, t0)
+    return _write_decisions(out, clips, rows, cfg, cfg.record_min_score, plan.merged_fingerprint, t0)
 
 
 def _detect_chunks(cfg: FilterConfig, plan: chunked.ChunkPlan, chunks, todo: list[int], detector,
@@ -444,9 +449,10 @@ def _detect_chunks(cfg: FilterConfig, plan: chunked.ChunkPlan, chunks, todo: lis
              "(%.2f frames/s)", ranks.rank, ranks.world_size, frames, n_clips, dt, frames / dt if dt > 0 else 0.0)
 
 
-def _write_decisions(out: Outputs, clips: list[dict], rows: list[dict], rule: RuleConfig, floor: float,
+def _write_decisions(out: Outputs, clips: list[dict], rows: list[dict], cfg: FilterConfig, floor: float,
                      detections_fp: str, t0: float) -> dict:
-    want = fingerprint([detections_fp, dataclasses.asdict(rule)])
+    rule = cfg.rule
+    want = fingerprint([detections_fp, dataclasses.asdict(rule), dataclasses.asdict(cfg.split)])
     summary = chunked.already_merged(out.marker, want, (out.stats, out.kept))
     if summary is not None:
         log.info("decisions already written for these detections and this rule (%s); not rewritten", out.kept)
@@ -454,13 +460,13 @@ def _write_decisions(out: Outputs, clips: list[dict], rows: list[dict], rule: Ru
         return summary
     stats = apply_rule(rows, rule, floor)
     keep = {r["id"] for r in stats if r["keep"]}
-    kept = [{**c, "object_filter": "passed"} for c in clips if c["id"] in keep]
+    kept = split.apply_by_video([{**c, "object_filter": "passed"} for c in clips if c["id"] in keep], cfg.split)
     write_rows(out.stats, stats, DETECTION_COLUMNS)
     write_rows(out.kept, kept, CLIP_COLUMNS)
     reasons = Counter(r["reason"] for r in stats if not r["keep"])
     summary = {"fingerprint": want, "detections": detections_fp, "mode": "filtered", "seen": len(stats),
                "kept": len(kept), "dropped": dict(sorted(reasons.items())),
-               "frames": sum(len(r["frame_times"]) for r in stats)}
+               "frames": sum(len(r["frame_times"]) for r in stats), "split": _split_counts(kept)}
     atomic.mark_done(out.marker, summary)
     summary_line(summary, time.monotonic() - t0)
     return summary
@@ -478,24 +484,36 @@ def _retune(cfg: FilterConfig, lay: Outputs, run_dir: Path, t0: float) -> dict:
     marker = atomic.read_json(lay.marker) if lay.marker.is_file() else {}
     log.info("retune: re-applying the rule %s to the detections of %d clip(s) in %s",
              json.dumps(dataclasses.asdict(cfg.rule), sort_keys=True), len(rows), lay.stats)
-    return _write_decisions(lay, clips, rows, cfg.rule, floor, marker.get("detections", fingerprint(rows)), t0)
+    return _write_decisions(lay, clips, rows, cfg, floor, marker.get("detections", fingerprint(rows)), t0)
 
 
-def _unfiltered(lay: Outputs, clips: list[dict], ranks: RankInfo) -> dict:
+def _unfiltered(lay: Outputs, clips: list[dict], ranks: RankInfo, split_cfg: split.SplitConfig) -> dict:
     if not ranks.is_main:
         log.info("object filter: skipped (no weights); rank %d has nothing to do", ranks.rank)
         return {"mode": "unfiltered"}
     log.warning("object filter: SKIPPED, filter.weights is not set (no Mask R-CNN weights configured); "
                 "kept.parquet lists all %d clip(s), marked object_filter=unfiltered", len(clips))
-    write_rows(lay.kept, [{**c, "object_filter": "unfiltered"} for c in clips], CLIP_COLUMNS)
-    summary = {"mode": "unfiltered", "seen": len(clips), "kept": len(clips), "dropped": {}, "frames": 0}
+    kept = split.apply_by_video([{**c, "object_filter": "unfiltered"} for c in clips], split_cfg)
+    write_rows(lay.kept, kept, CLIP_COLUMNS)
+    summary = {"mode": "unfiltered", "seen": len(clips), "kept": len(clips), "dropped": {}, "frames": 0,
+               "split": _split_counts(kept)}
     atomic.mark_done(lay.marker, summary)
     return summary
 
 
+def _split_counts(clips: list[dict]) -> dict:
+    """Clips and videos on each side of the split."""
+    out = {}
+    for side in ("train", "test", "unused"):
+        mine = [c for c in clips if c["split"] == side]
+        out[side] = {"clips": len(mine), "videos": len({c.get("video_id") or c["source"] for c in mine})}
+    return out
+
+
 def summary_line(s: dict, seconds: float) -> None:
-    log.info("object filter: seen %d clips, kept %d, dropped %d %s, %d frame(s) judged, %.1f s", s["seen"],
-             s["kept"], sum(s["dropped"].values()), json.dumps(s["dropped"]), s["frames"], seconds)
+    log.info("object filter: seen %d clips, kept %d, dropped %d %s, %d frame(s) judged, split %s, %.1f s",
+             s["seen"], s["kept"], sum(s["dropped"].values()), json.dumps(s["dropped"]), s["frames"],
+             json.dumps(s.get("split", {})), seconds)
 
 
 @entry_point

@@ -14,6 +14,10 @@ Sizes come from counts or fractions (not both):
         # or: test_fraction: 0.1, train_fraction: null
 Fractions are rounded half up to whole items.
 
+Videos (LHQ-V) are split the same way by *video*, at the end of stage 20 (`filter.split`): the
+ranking is over the source videos' ids, sizes count videos, and every clip of a video is on its
+video's side, so no test clip shares a video with a training clip (`assign_groups`).
+
 Usage alone: python -m pipeline.curation.split --config run.yaml   (reads caption.split and caption.manifest)
 """
 
@@ -102,6 +106,20 @@ def assign(ids: Sequence[str], cfg: SplitConfig) -> list[str]:
         elif rank < n_test + n_train:
             labels[i] = "train"
     return labels
+
+
+def assign_groups(groups: Sequence[str], cfg: SplitConfig) -> list[str]:
+    """The split of each item given its group (a clip's video): sizes count groups, and every item
+    of a group is on its group's side. Deterministic and order-free like `assign`."""
+    unique = sorted(set(groups))
+    side = dict(zip(unique, assign(unique, cfg)))
+    return [side[g] for g in groups]
+
+
+def apply_by_video(clips: list[dict], cfg: SplitConfig) -> list[dict]:
+    """Clip rows with their `split` set by video (`video_id`, or the source for older manifests)."""
+    labels = assign_groups([str(c.get("video_id") or c["source"]) for c in clips], cfg)
+    return [{**c, "split": s} for c, s in zip(clips, labels)]
 
 
 def apply(rows: list[dict], cfg: SplitConfig) -> list[dict]:

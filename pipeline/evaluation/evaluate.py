@@ -23,6 +23,8 @@ The section (paths relative to the config file; defaults in EvaluateConfig):
       i3d_weights: weights/rgb_imagenet.pt
       block_size: 256
       block_stride: 128
+      generated_region: null                 # [x0, y0, x1, y1]: evaluate only this box of each sample
+      reference_region: null                 # the same for the real images
       fid_method: sqrtm                      # or eigen: the same value, much faster on a CPU
 
 A metric whose weights, inputs or reference are not configured or not there is listed under
@@ -38,9 +40,19 @@ Choices the paper leaves open (besides those in pipeline/evaluation/metrics/*):
 * Block-FID compares all blocks of all generated images with all blocks of the reference
   images (both cut with the same block size and stride) through the 2048-d Inception pool
   features; the reference is the test split of an image manifest by default.
+* "Move half of the block size" (paper 4.1) has two readings. The default here, "overlap": blocks
+  are taken at a stride of half a block (block_stride = block_size / 2), so half of them straddle
+  the rendering windows' seams. The other, "shifted": the model makes images one block larger,
+  `generated_region` trims half a block off every side, and the blocks do not overlap
+  (block_stride = block_size), so every block straddles the seams. The protocol
+  (pipeline/evaluation/protocol.py, `table1.block_fid`) sets either up; here they are only the keys.
+* `generated_region` / `reference_region` restrict every image metric to one box of each image
+  (Table 3: the extended half of each sample against the same half of the real images; the given
+  half never enters the statistics).
 * IS is computed on whole generated images resized to the Inception input (`is_on: images`,
   as torch-fidelity does), or on the Block-FID blocks (`is_on: blocks`).
-* FVD uses the first `fvd_frames` frames of each video (all of them if shorter).
+* FVD uses the first `fvd_frames` frames of each video; a video with fewer frames is left out and
+  listed under bad_inputs (clips of different lengths are never compared).
 * Only rank 0 evaluates; under a distributed launcher the other ranks exit at once.
 """
 
@@ -72,6 +84,7 @@ from pipeline.evaluation.metrics.media import (
     manifest_items,
     read_all,
     read_prompt,
+    with_region,
 )
 from pipeline.ranks import rank_info
 
@@ -92,6 +105,8 @@ class EvaluateConfig:
     i3d_weights: str | None = None        # pytorch-i3d rgb_imagenet.pt
     block_size: int = 256
     block_stride: int = 128
+    generated_region: tuple[int, int, int, int] | None = None  # [x0, y0, x1, y1] of each generated image
+    reference_region: tuple[int, int, int, int] | None = None  # the same box of each real image
     inception_size: int = 299
     fid_method: Literal["sqrtm", "eigen"] = "sqrtm"  # metrics/fid.py: same value, eigen faster
     is_splits: int = 10
@@ -116,6 +131,10 @@ class EvaluateConfig:
         if self.inception_size < 75:
             raise ValueError(f"inception_size must be >= 75 (Inception-v3's smallest input), "
                              f"got {self.inception_size}")
+        for name in ("generated_region", "reference_region"):
+            box = getattr(self, name)
+            if box is not None and not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+                raise ValueError(f"{name} must be [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1, got {list(box)}")
         if "/" in self.output_name or not self.output_name.endswith(".json"):
             raise ValueError(f"output_name must be a plain file name ending in .json, got {self.output_name!r}")
 
@@ -157,7 +176,7 @@ class EvalContext:
         items = folder_images(self.generated_dir, (".png",)) if self.generated_dir.is_dir() else []
         if not items:
             raise MetricSkipped(f"no generated PNG images in {self.generated_dir}")
-        return items
+        return with_region(items, self.cfg.generated_region)
 
     def generated_videos(self) -> list[VideoItem]:
         items = folder_videos(self.generated_dir) if self.generated_dir.is_dir() else []
@@ -172,7 +191,7 @@ class EvalContext:
         items = manifest_items(path, self.cfg.reference_split)[0] if path.is_file() else folder_images(path)
         if not items:
             raise MetricSkipped(f"no reference images in {path}" + self._split_note(path))
-        return items
+        return with_region(items, self.cfg.reference_region)
 
     def reference_videos(self) -> list[VideoItem]:
         path = self.path_of("reference_videos")
@@ -220,6 +239,7 @@ def metric_block_fid(ctx: EvalContext) -> dict:
     sha = ctx.weights["inception"]["sha256"]
     params = {"block_size": cfg.block_size, "block_stride": cfg.block_stride,
               "inception_size": cfg.inception_size, "variant": model.variant}
+    regions = {k: list(v) for k in ("generated_region", "reference_region") if (v := getattr(cfg, k))}
     key = reference.make_key("block_fid", [it.key() for it in ref_items], sha, params)
 
     def compute():
@@ -233,7 +253,7 @@ def metric_block_fid(ctx: EvalContext) -> dict:
     _enough(gen, "generated blocks")
     value = frechet_distance(gen.mean, gen.cov, ref.mean, ref.cov, method=cfg.fid_method)
     return {"value": value, "generated_images": gen_counts["images"], "generated_blocks": gen_counts["blocks"],
-            "reference_images": len(ref_items), "reference_blocks": ref.count, **params,
+            "reference_images": len(ref_items), "reference_blocks": ref.count, **params, **regions,
             "reference_cache": str(cache_path), "reference_cache_reused": reused, "weights_sha256": sha}
 
 
@@ -368,7 +388,7 @@ METRICS: dict[str, Callable[[EvalContext], dict]] = {
 
 
 # -- the stage --------------------------------------------------------------------------------
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -396,14 +416,17 @@ def _validate(run_cfg: RunConfig, cfg: EvaluateConfig) -> None:
             raise ConfigError(f"{run_cfg.path}: evaluate.{key}: not found: {run_cfg.resolve(value)}")
 
 
-def evaluate(run_cfg: RunConfig) -> dict:
-    """Compute the configured metrics, write run_dir/eval/<output_name>, and return the results."""
+def evaluate(run_cfg: RunConfig, cfg: EvaluateConfig | None = None, out: Path | None = None) -> dict:
+    """Compute the configured metrics, write run_dir/eval/<output_name> (or `out`), and return the results.
+
+    `cfg` replaces the config's `evaluate` section (the protocol evaluates each table row with its
+    own settings); the reference cache stays run_dir/eval/cache, shared by every caller."""
     started = time.time()
-    cfg = run_cfg.section("evaluate", EvaluateConfig)
+    cfg = cfg if cfg is not None else run_cfg.section("evaluate", EvaluateConfig)
     _validate(run_cfg, cfg)
     eval_dir = run_cfg.run_dir / "eval"
     atomic.remove_stale_temporaries(eval_dir / "cache")
-    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=_pick_device(cfg.device),
+    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=pick_device(cfg.device),
                       generated_dir=run_cfg.resolve(cfg.generated) if cfg.generated else run_cfg.run_dir / "samples",
                       cache_dir=eval_dir / "cache")
     log.info("evaluating %s on %s: %s", ctx.generated_dir, ctx.device, ", ".join(cfg.metrics))
@@ -423,7 +446,7 @@ def evaluate(run_cfg: RunConfig) -> dict:
     bad_inputs = list({b["path"]: b for b in reversed(ctx.bad_inputs)}.values())[::-1]
     results.update(weights=ctx.weights, bad_inputs=bad_inputs, generated=str(ctx.generated_dir),
                    device=str(ctx.device), config=to_dict(cfg), seconds=round(time.time() - started, 3))
-    out = eval_dir / cfg.output_name
+    out = out or eval_dir / cfg.output_name
     atomic.write_json(out, results)
     results["output"] = str(out)
     return results

@@ -24,6 +24,7 @@ SECTIONS = [
     ("train", "renderer checkpoints, export, tensorboard (stage 60)"),
     ("samples", "panorama, extensions, video (stage 70)"),
     ("eval", "metrics (stage 80)"),
+    ("protocol", "the paper's Tables 1-3: samples, evaluations, tables (stage 85)"),
 ]
 
 
@@ -57,6 +58,11 @@ def summarize(run_dir: Path, limit: int = 8) -> str:
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():
         lines += ["## Metrics", "", "```json", json.dumps(atomic.read_json(metrics), indent=2), "```", ""]
+    tables = sorted((run_dir / "protocol").glob("table*/table*.md"))
+    if tables:
+        lines += ["## The paper's tables (stage 85)", ""]
+        for t in tables:  # each begins with its own "## Table N" heading
+            lines += ["#" + t.read_text().rstrip().replace("\n## ", "\n### "), ""]
     tb = [p for p in (run_dir / "train" / "tb", run_dir / "vqgan" / "tb") if p.is_dir()]
     if tb:
         lines += ["## Watch training", "", "```", f"tensorboard --logdir {run_dir}", "```", ""]

@@ -31,6 +31,19 @@ line, or JSONL objects with "prompt" and optional "name"/"seed"; outputs `<job>/
 row is read with its crop, a clip row by its first frame); `input_crop` [x0, y0, x1, y1] crops it.
 Relative paths (input, prompts_file, export_dir, out_dir) are taken from the config file's folder.
 
+Sets (the paper's protocol runs over a whole test split): with `split` (e.g. test; "" = every row)
+a Parquet `input` or `prompts_file` is read row by row, in manifest order, the first `limit` rows
+(null = all), and each row gives one output `<job>/<row id>.png|mp4`:
+    - {name: t2i, mode: batch, prompts_file: data/images/manifest.parquet, split: test, size: [1024, 1024]}
+          each row's caption is the prompt (Table 1)
+    - {name: ext-right, mode: extend, input: data/images/manifest.parquet, split: test, side: right,
+       amount: 512, captions: true, batch_size: 8}
+          each image loses `amount` pixels on `side` and the model grows them back, so the output has
+          the image's size and the real image is the answer (Table 3); `captions: true` prompts each
+          with its own caption; the JSON records the given and the generated box in output pixels
+    - {name: i2v, mode: image_to_video, input: data/videos/kept.parquet, split: test, frames: 7}
+          each clip's first frame predicted forward (Table 2)
+
 Under a launcher with several ranks (LAUNCHER="torchrun --nproc_per_node 8"), the outputs (a
 batch group, an extension, a video) go round-robin to the ranks, each on its own GPU.
 
@@ -53,27 +66,23 @@ import numpy as np
 import torch
 
 from model.config import SamplingConfig
-from model.directions import Direction, Grid
+from model.directions import Direction
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, from_dict, load_config, to_dict
 from pipeline.errors import entry_point
-from pipeline.formats.vqgan_io import load_vqgan
 from pipeline.ranks import rank_info
 from pipeline.sampling.generate import (
-    CodeFileWriter,
     GivenCodes,
-    MemoryLedger,
-    Tee,
     extension_plan,
-    generate,
-    slab_axis,
 )
 from pipeline.sampling.image_to_video import VIDEO_DIRECTION, encode_frame, image_to_video
-from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, remove_stale_canvases, write_png
+from pipeline.sampling.inputs import load_input as load_picture
+from pipeline.sampling.inputs import manifest_set, read_prompts, row_picture
+from pipeline.sampling.sampler import Sampler, beside
+from pipeline.sampling.stream_decode import remove_stale_canvases
 
 log = logging.getLogger("sample")
 Mode = Literal["text_to_image", "unconditional", "extend", "image_to_video", "batch"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -97,6 +106,9 @@ class JobConfig:
     fps: float = 5.0
     prompts_file: str | None = None
     export_dir: str | None = None  # this job's renderer (e.g. the video model); default: the section's
+    split: str | None = None  # a set: every row of this split of a Parquet input / prompts_file ("" = all)
+    limit: int | None = None  # a set: at most this many rows (the first ones)
+    captions: bool = False  # extend / image_to_video sets: each row's caption is its prompt
 
 
 @dataclass
@@ -113,11 +125,13 @@ class SampleSection:
 
 NEEDS = {"text_to_image": {"prompt"}, "unconditional": set(), "extend": {"input", "side", "amount"},
          "image_to_video": {"input", "frames"}, "batch": {"prompts_file"}}
+SET = {"split", "limit"}
 ALLOWED = {"text_to_image": {"prompt", "size", "patches", "direction", "count"},
            "unconditional": {"size", "patches", "direction", "count"},
-           "extend": {"prompt", "input", "input_index", "input_crop", "side", "amount"},
-           "image_to_video": {"prompt", "input", "input_index", "input_crop", "frames", "fps"},
-           "batch": {"prompts_file", "size", "patches", "direction"}}
+           "extend": {"prompt", "input", "input_index", "input_crop", "side", "amount", "captions"} | SET,
+           "image_to_video": {"prompt", "input", "input_index", "input_crop", "frames", "fps", "captions"} | SET,
+           "batch": {"prompts_file", "size", "patches", "direction"} | SET}
+ONE_INPUT = {"input_index", "input_crop"}  # keys of a single-input job, not of a set
 COMMON = {"name", "mode", "seed", "sampling", "batch_size", "export_dir"}
 
 
@@ -146,6 +160,24 @@ def check_jobs(sec: SampleSection, where: str) -> None:
             raise ConfigError(f"{w}: count, batch_size and frames must be >= 1")
         if job.direction is not None:
             Direction.parse(job.direction)
+        _check_set(job, given, w)
+
+
+def _check_set(job: JobConfig, given: set[str], w: str) -> None:
+    source = job.prompts_file if job.mode == "batch" else job.input
+    if job.split is None:
+        if job.limit is not None or job.captions:
+            raise ConfigError(f"{w}: limit and captions apply to sets only (give split)")
+        return
+    if not str(source).lower().endswith(".parquet"):
+        raise ConfigError(f"{w}: split makes a set of a Parquet manifest's rows; {source!r} is not one")
+    stray = sorted(given & ONE_INPUT)
+    if stray:
+        raise ConfigError(f"{w}: keys {stray} pick one input; a set (split) takes every row")
+    if job.captions and job.prompt is not None:
+        raise ConfigError(f"{w}: give one prompt or captions: true, not both")
+    if job.limit is not None and job.limit < 1:
+        raise ConfigError(f"{w}: limit must be >= 1 (or null for every row)")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -153,177 +185,17 @@ def check_jobs(sec: SampleSection, where: str) -> None:
 
 def load_input(cfg: RunConfig, job: JobConfig) -> np.ndarray:
     """The job's input picture as uint8 RGB [H, W, 3] (image file, video's first frame, manifest row)."""
-    from PIL import Image
-
-    path = cfg.resolve(job.input)
-    if not path.is_file():
-        raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input: file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            rgb = _manifest_input(path, job.input_index)
-        elif suffix in IMAGE_SUFFIXES:
-            from pipeline.formats.manifest import to_rgb
-
-            with Image.open(path) as im:
-                rgb = np.asarray(to_rgb(im), dtype=np.uint8)
-        else:
-            from pipeline.formats.video_io import read_frames_at
-
-            rgb = read_frames_at(path, [0.0])[0]
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{path}: cannot read the input of job {job.name} ({e})") from e
-    if job.input_crop is not None:
-        x0, y0, x1, y1 = job.input_crop
-        if not (0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0]):
-            raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input_crop {list(job.input_crop)} is outside "
-                              f"the {rgb.shape[1]} x {rgb.shape[0]} input {path}")
-        rgb = rgb[y0:y1, x0:x1]
-    return np.ascontiguousarray(rgb)
+    return load_picture(cfg.resolve(job.input), job.input_index, job.input_crop,
+                        where=f"{cfg.path}: sample.jobs[{job.name}].input")
 
 
-def _manifest_input(path: Path, index: int) -> np.ndarray:
-    from pipeline.formats.manifest import load_image_crop, read_rows
-
-    rows = read_rows(path)
-    if not 0 <= index < len(rows):
-        raise ValueError(f"input_index {index} outside the manifest's {len(rows)} rows")
-    row = rows[index]
-    media = Path(row["path"])
-    if not media.is_absolute():
-        media = path.parent / media
-    if media.suffix.lower() in IMAGE_SUFFIXES:  # an image manifest row: its recorded crop
-        return load_image_crop(media, row["crop"], int(row["size"]))
-    from pipeline.formats.video_io import read_frames_at  # a clip row: the clip file is already cut and sized
-
-    return read_frames_at(media, [0.0])[0]
-
-
-def read_prompts(path: Path) -> tuple[list[dict], list[dict]]:
-    """Items {"prompt", "index", "name"?, "seed"?} of a prompt file and the rejected lines {"line", "reason"}.
-
-    `index` counts the non-blank lines (rejected ones too), so the default output names and
-    seeds of the other prompts do not move when a bad line is fixed.
-    """
-    items, rejects, names = [], [], set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the prompt file ({e})") from e
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    index = -1
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        index += 1
-        if not jsonl:
-            items.append({"prompt": line.strip(), "index": index})
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise ValueError('expected an object with a string "prompt"')
-            if "seed" in obj and (isinstance(obj["seed"], bool) or not isinstance(obj["seed"], int)):
-                raise ValueError('"seed" must be an integer')
-            if "name" in obj and (not isinstance(obj["name"], str) or "/" in obj["name"] or not obj["name"]
-                                  or obj["name"].startswith(".")):
-                raise ValueError('"name" must be a plain file name')
-            if "name" in obj and obj["name"] in names:
-                raise ValueError(f"name {obj['name']!r} is used by an earlier line")
-        except ValueError as e:
-            rejects.append({"line": n, "reason": str(e)})
-            log.warning("%s:%d: skipped (%s)", path, n, e)
-            continue
-        names.add(obj.get("name"))
-        items.append({"index": index, **{k: obj[k] for k in ("prompt", "name", "seed") if k in obj}})
-    return items, rejects
+def set_rows(s: Sampler, job: JobConfig, where: str) -> tuple[Path, list[tuple[int, dict]]]:
+    """The manifest and its (index, row) pairs a set job runs over."""
+    path = s.cfg.resolve(job.prompts_file if job.mode == "batch" else job.input)
+    return path, manifest_set(path, job.split, job.limit, where)
 
 
 # ------------------------------------------------------------------------------ one output
-
-
-class Sampler:
-    """The loaded models and shared settings; renders one job item after another."""
-
-    def __init__(self, cfg: RunConfig, sec: SampleSection, export: str | None = None):
-        from pipeline.formats.renderer_io import WEIGHTS, export_dir, load_renderer
-
-        self.cfg, self.sec = cfg, sec
-        self.device = pick_device(sec.device, cfg)
-        export = export or sec.export_dir
-        folder = cfg.resolve(export) if export else export_dir(cfg)
-        self.renderer, self.tokenizer = load_renderer(folder, self.device)
-        self.vqgan, vq_sha, vq_path = load_vqgan(cfg, self.device)
-        rc = self.renderer.cfg
-        if self.vqgan.config.n_embed != rc.vocab_size:
-            raise ConfigError(f"{cfg.path}: the VQGAN has {self.vqgan.config.n_embed} codes but the renderer "
-                              f"in {folder} was trained on {rc.vocab_size}")
-        self.models = {"renderer": {"export_dir": str(folder), "weights": str(folder / WEIGHTS),
-                                    "sha256": atomic.sha256_file(folder / WEIGHTS), "kind": rc.renderer,
-                                    "patch": list(rc.patch), "expand": list(rc.expand)},
-                       "vqgan": {"path": str(vq_path), "sha256": vq_sha, "downsample": self.vqgan.downsample}}
-        self.f = self.vqgan.downsample
-
-    def captions(self, prompts: list[str | None], where: str):
-        if all(p is None for p in prompts):
-            return None, None
-        if self.tokenizer is None:
-            raise ConfigError(f"{where}: the renderer has no text encoder, so it cannot take a prompt")
-        return self.tokenizer.encode([p or "" for p in prompts], self.renderer.cfg.text_len)
-
-    def grid_of(self, job: JobConfig, where: str) -> Grid:
-        hp, wp, _ = self.renderer.cfg.patch
-        if job.patches is not None:
-            return Grid(*job.patches)
-        h, w = job.size
-        if h % (hp * self.f) or w % (wp * self.f):
-            raise ConfigError(f"{where}: size {h} x {w} is not whole patches of {hp * self.f} x {wp * self.f} "
-                              f"pixels (patch {hp} x {wp} codes, VQGAN factor {self.f})")
-        return Grid(h // (hp * self.f), w // (wp * self.f))
-
-    def image(self, grid: Grid, direction: Direction, stems: list[Path], prompts: list[str | None],
-              sampling: SamplingConfig, seed: int, where: str, given: GivenCodes | None = None) -> dict:
-        """Generate len(stems) images of `grid` together and write <stem>.png (+ .codes.npy)."""
-        hp, wp, _ = self.renderer.cfg.patch
-        code_hw = (grid.H * hp, grid.W * wp)
-        axis = slab_axis(direction, grid)
-        chunk = self.renderer.cfg.patch[axis]
-        margin = chunk if self.sec.decode_margin is None else self.sec.decode_margin
-        ids, mask = self.captions(prompts, where)
-        ledger = MemoryLedger()
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        shape = (code_hw[0] * self.f, code_hw[1] * self.f, 3)
-        with Canvases(stems[0].parent, [shape] * len(stems)) as canvases:
-            decoder = ImageStreamDecoder(self.vqgan, code_hw, canvases.arrays, axis, chunk, margin, ledger)
-            writer = None
-            if self.sec.save_codes:
-                writer = CodeFileWriter([beside(s, ".codes.npy") for s in stems], (1, *code_hw),
-                                        self.renderer.cfg.vocab_size)
-            stats = generate(self.renderer, grid, direction, Tee(*[c for c in (decoder, writer) if c]),
-                             text_ids=ids, text_mask=mask, batch=len(stems), sampling=sampling, generator=gen,
-                             given=given, ledger=ledger, progress=self.sec.progress, desc=f"{stems[0].name} patches")
-            decoder.finish()
-            if writer is not None:
-                writer.finish()
-            for canvas, stem in zip(canvases.arrays, stems):
-                write_png(beside(stem, ".png"), canvas)
-        return {**stats.to_dict(), "decode": {"chunk": chunk, "margin": margin}}
-
-
-def pick_device(kind: str, cfg: RunConfig) -> torch.device:
-    if kind == "auto":
-        return torch.device(f"cuda:{rank_info().local_rank % torch.cuda.device_count()}"
-                            if torch.cuda.is_available() else "cpu")
-    dev = torch.device(kind)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{cfg.path}: sample.device is {kind!r} but no CUDA device is available")
-    return dev
-
-
-def beside(stem: Path, ext: str) -> Path:
-    """`stem` + `ext`. Not Path.with_suffix, which would cut a name such as "wide-0.8" at its dot
-    and let two jobs write the same file."""
-    return stem.with_name(stem.name + ext)
 
 
 def _done(json_path: Path, settings: dict) -> bool:
@@ -358,15 +230,28 @@ def _input_record(job: JobConfig) -> dict:
 
 
 def _run_video(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
+    if job.split is not None:  # a set: each row's first frame, one clip each
+        manifest, rows = set_rows(s, job, where)
+        for pos, (index, row) in _bar(s, job, list(enumerate(rows)), 1):
+            prompt = (row.get("caption") or "") if job.captions else job.prompt
+            _video_item(s, job, where, common, sampling, seed + pos, out_dir / job.name / f"{row['id']}.mp4", prompt,
+                        _row_record(job, index, row), [int(row["size"])] * 2,
+                        lambda row=row: row_picture(manifest, row), summary)
+        return
     frame = load_input(s.cfg, job)
-    out = out_dir / f"{job.name}.mp4"
-    settings = {**common, "prompt": job.prompt or "", "seed": seed, "direction": VIDEO_DIRECTION,
-                "input": _input_record(job), "frames": job.frames, "fps": job.fps, "size": list(frame.shape[:2])}
+    _video_item(s, job, where, common, sampling, seed, out_dir / f"{job.name}.mp4", job.prompt, _input_record(job),
+                list(frame.shape[:2]), lambda: frame, summary)
+
+
+def _video_item(s: Sampler, job, where, common, sampling, seed, out, prompt, record, size, picture, summary) -> None:
+    settings = {**common, "prompt": prompt or "", "seed": seed, "direction": VIDEO_DIRECTION,
+                "input": record, "frames": job.frames, "fps": job.fps, "size": size}
 
     def make() -> dict:
-        ids, mask = s.captions([job.prompt], where)
-        stats = image_to_video(s.renderer, s.vqgan, frame, job.frames, out, job.fps, text_ids=ids, text_mask=mask,
-                               sampling=sampling, generator=torch.Generator(device=s.device).manual_seed(seed),
+        ids, mask = s.captions([prompt], where)
+        stats = image_to_video(s.renderer, s.vqgan, picture(), job.frames, out, job.fps, text_ids=ids,
+                               text_mask=mask, sampling=sampling,
+                               generator=torch.Generator(device=s.device).manual_seed(seed),
                                codes_path=out.with_suffix(".codes.npy") if s.sec.save_codes else None,
                                progress=s.sec.progress)
         return stats.to_dict()
@@ -374,7 +259,15 @@ def _run_video(s: Sampler, job, where, common, sampling, seed, out_dir, summary)
     _emit(out, settings, summary, make)
 
 
+def _row_record(job: JobConfig, index: int, row: dict) -> dict:
+    return {"path": job.prompts_file if job.mode == "batch" else job.input, "index": index, "id": row["id"],
+            "split": row.get("split")}
+
+
 def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
+    if job.split is not None:
+        _run_extend_set(s, job, where, common, sampling, seed, out_dir, summary)
+        return
     picture = load_input(s.cfg, job)
     if job.amount % s.f:
         raise ConfigError(f"{where}: amount {job.amount} is not a multiple of the VQGAN factor {s.f}")
@@ -396,12 +289,68 @@ def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary
     _emit(beside(stem, ".png"), settings, summary, make)
 
 
+def regrow_boxes(height: int, width: int, side: str, amount: int) -> tuple[list[int], list[int]]:
+    """([x0, y0, x1, y1] given, generated) when `amount` pixels on `side` of a height x width image are
+    removed and grown back: the given part and the part the model makes, in output pixels."""
+    if side in ("right", "left") and not 0 < amount < width or side in ("down", "up") and not 0 < amount < height:
+        raise ValueError(f"cannot regrow {amount} pixels on the {side} of a {width} x {height} image")
+    if side == "right":
+        return [0, 0, width - amount, height], [width - amount, 0, width, height]
+    if side == "left":
+        return [amount, 0, width, height], [0, 0, amount, height]
+    if side == "down":
+        return [0, 0, width, height - amount], [0, height - amount, width, height]
+    return [0, amount, width, height], [0, 0, width, amount]
+
+
+def _run_extend_set(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
+    """Every row's image minus `amount` pixels on `side`, grown back; `batch_size` images at a time."""
+    manifest, rows = set_rows(s, job, where)
+    sizes = {int(r["size"]) for _, r in rows}
+    if len(sizes) != 1 or any(r.get("crop") is None for _, r in rows):
+        raise ConfigError(f"{where}: an extension set needs image rows of one size, got sizes {sorted(sizes)}")
+    side = sizes.pop()
+    given_box, generated_box = regrow_boxes(side, side, job.side, job.amount)
+    x0, y0, x1, y1 = given_box
+    hp, wp, _ = s.renderer.cfg.patch
+    if (x1 - x0) % (wp * s.f) or (y1 - y0) % (hp * s.f) or job.amount % ((wp if job.side in ("right", "left")
+                                                                            else hp) * s.f):
+        raise ConfigError(f"{where}: {side} x {side} images minus {job.amount} pixels on the {job.side} are not whole "
+                          f"patches of {hp * s.f} x {wp * s.f} pixels")
+    grid, origin, direction = extension_plan(((y1 - y0) // s.f, (x1 - x0) // s.f), job.side, job.amount // s.f,
+                                             s.renderer.cfg.patch)
+    for start in _bar(s, job, range(0, len(rows), job.batch_size), job.batch_size):
+        group = rows[start:start + job.batch_size]
+        prompts = [(r.get("caption") or "") if job.captions else job.prompt for _, r in group]
+        stems = [out_dir / job.name / str(r["id"]) for _, r in group]
+        settings = [{**common, "prompt": p or "", "seed": seed + start, "direction": direction.name,
+                     "input": _row_record(job, i, r), "side": job.side, "amount": job.amount, "size": [side, side],
+                     "given_box": given_box, "generated_box": generated_box,
+                     "batch": {"size": len(group), "row": b}} for b, ((i, r), p) in enumerate(zip(group, prompts))]
+        if not _mine(summary):
+            continue
+        if all(_done(beside(stem, ".json"), st) for stem, st in zip(stems, settings)):
+            summary["skipped"] += len(group)
+            continue
+        started = time.perf_counter()
+        codes = torch.cat([encode_frame(s.vqgan, row_picture(manifest, r)[y0:y1, x0:x1], s.renderer.cfg.patch,
+                                        where=f"{where} row {r['id']}") for _, r in group])
+        stats = s.image(grid, direction, stems, prompts, sampling, seed + start, where, GivenCodes(codes, origin))
+        for stem, st in zip(stems, settings):
+            _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
+            summary["written"].append(str(beside(stem, ".png")))
+
+
 def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
     grid = s.grid_of(job, where)
     direction = Direction.parse(job.direction or "down-right")
     hp, wp, _ = s.renderer.cfg.patch
     size = [grid.H * hp * s.f, grid.W * wp * s.f]
-    if job.mode == "batch":
+    if job.mode == "batch" and job.split is not None:  # a set: each row's caption, named by the row's id
+        _, rows = set_rows(s, job, where)
+        items = [(r.get("caption") or "", seed + pos, out_dir / job.name / str(r["id"]))
+                 for pos, (_, r) in enumerate(rows)]
+    elif job.mode == "batch":
         path = s.cfg.resolve(job.prompts_file)
         entries, rejects = read_prompts(path)
         summary["rejected_prompts"] += [{"file": str(path), **r} for r in rejects]
@@ -411,7 +360,7 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         prompt = job.prompt if job.mode == "text_to_image" else None
         items = [(prompt, seed + i, out_dir / (job.name if job.count == 1 else f"{job.name}_{i:03d}"))
                  for i in range(job.count)]
-    for start in range(0, len(items), job.batch_size):
+    for start in _bar(s, job, range(0, len(items), job.batch_size), job.batch_size):
         group = items[start:start + job.batch_size]
         group_seed = group[0][1]
         settings = [{**common, "prompt": p or "", "seed": group_seed, "direction": direction.name, "size": size,
@@ -428,6 +377,15 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         for (_, _, stem), st in zip(group, settings):
             _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
             summary["written"].append(str(beside(stem, ".png")))
+
+
+def _bar(s: Sampler, job: JobConfig, units, per_unit: int):
+    """A progress bar over a job's units of work (groups of outputs) when it has several."""
+    from tqdm import tqdm
+
+    units = list(units)
+    return tqdm(units, desc=f"{job.name} ({per_unit} per step)", unit="step",
+                disable=not s.sec.progress or len(units) < 2)
 
 
 def _mine(summary: dict) -> bool:
@@ -456,6 +414,41 @@ def _write_sidecar(path: Path, settings: dict, stats: dict, seconds: float) -> N
     atomic.write_json(path, {**settings, "settings": settings, "stats": stats, "seconds": round(seconds, 3)})
 
 
+def run_jobs(cfg: RunConfig, sec: SampleSection, jobs: list[JobConfig], out_dir: Path | None = None) -> dict:
+    """Run `jobs` (already checked) into `out_dir` (default: the section's), this rank's share of them.
+
+    The sampling entry point of the pipeline: stage 70's main() and the paper's protocol
+    (pipeline/evaluation/protocol.py) both call it. Returns the summary that the done-marker
+    `.done.json` (`.done-rank<R>.json` under several ranks) also records."""
+    out_dir = out_dir or (cfg.resolve(sec.out_dir) if sec.out_dir else cfg.run_dir / "samples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_canvases(out_dir) + atomic.remove_stale_temporaries(out_dir)
+    for job in jobs:  # a set's outputs live one folder down
+        if (out_dir / job.name).is_dir():
+            stale += remove_stale_canvases(out_dir / job.name) + atomic.remove_stale_temporaries(out_dir / job.name)
+    if stale:
+        log.info("removed %d temporaries of an interrupted run in %s", stale, out_dir)
+    started = time.perf_counter()
+    samplers: dict[str | None, Sampler] = {}  # one per renderer export the jobs name
+    ranks = rank_info()
+    summary: dict = {"written": [], "skipped": 0, "rejected_prompts": [], "units": 0, "ranks": ranks}
+    for job in jobs:
+        log.info("job %s (%s)", job.name, job.mode)
+        if job.export_dir not in samplers:
+            samplers[job.export_dir] = Sampler(cfg, sec, job.export_dir)
+        sampler = samplers[job.export_dir]
+        run_job(sampler, job, sec.jobs.index(job) if job in sec.jobs else 0, out_dir, summary)
+    seconds = time.perf_counter() - started
+    summary.pop("ranks")
+    summary.update(seconds=round(seconds, 2), device=str(sampler.device), out_dir=str(out_dir))
+    marker = ".done.json" if ranks.world_size == 1 else f".done-rank{ranks.rank}.json"
+    atomic.mark_done(out_dir / marker, summary)
+    log.info("sampling done: %d outputs written, %d already there, %d prompt lines rejected, %.1f s on %s -> %s",
+             len(summary["written"]), summary["skipped"], len(summary["rejected_prompts"]), seconds,
+             sampler.device, out_dir)
+    return summary
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -473,28 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{cfg.path}: --only names jobs that the config does not have: {unknown}")
     if not jobs:
         raise ConfigError(f"{cfg.path}: sample.jobs lists no job to run")
-    out_dir = cfg.resolve(sec.out_dir) if sec.out_dir else cfg.run_dir / "samples"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_canvases(out_dir) + atomic.remove_stale_temporaries(out_dir)
-    if stale:
-        log.info("removed %d temporaries of an interrupted run in %s", stale, out_dir)
-    started = time.perf_counter()
-    samplers: dict[str | None, Sampler] = {}  # one per renderer export the jobs name
-    ranks = rank_info()
-    summary: dict = {"written": [], "skipped": 0, "rejected_prompts": [], "units": 0, "ranks": ranks}
-    for job in jobs:
-        log.info("job %s (%s)", job.name, job.mode)
-        if job.export_dir not in samplers:
-            samplers[job.export_dir] = Sampler(cfg, sec, job.export_dir)
-        sampler = samplers[job.export_dir]
-        run_job(sampler, job, sec.jobs.index(job), out_dir, summary)
-    seconds = time.perf_counter() - started
-    summary.pop("ranks")
-    marker = ".done.json" if ranks.world_size == 1 else f".done-rank{ranks.rank}.json"
-    atomic.mark_done(out_dir / marker, {**summary, "seconds": round(seconds, 2), "device": str(sampler.device)})
-    log.info("stage 70 done: %d outputs written, %d already there, %d prompt lines rejected, %.1f s on %s -> %s",
-             len(summary["written"]), summary["skipped"], len(summary["rejected_prompts"]), seconds,
-             sampler.device, out_dir)
+    run_jobs(cfg, sec, jobs)
     return 0
 
 

@@ -8,6 +8,8 @@ Token sets: run_dir/<out>/images/<split>/ and run_dir/<out>/videos/<split>/ (spl
 manifest row whose split is still "" counts as train), so the trainer reads .../train and the evaluator
 .../test. Items of one token set share one grid: images are (1, s/f, s/f) for the crop side s, clips
 (frames, s/f, s/f); a manifest mixing sizes is an error unless `image_size` / `clip_size` fixes one.
+`clip_frames` keeps the first N frames of every clip (the paper trains on 5-frame clips and measures
+8-frame predictions, so its config cuts 8-frame clips and tokenizes their first 5).
 
 Work split: the items of a token set are cut, in manifest order, into shards of `shard_size` items;
 shard k belongs to rank k % WORLD_SIZE and is named shard_name(owner, k). A shard is encoded in
@@ -52,6 +54,9 @@ class TokenizeSection:
     out: str = "tokens"  # relative to run_dir
     image_size: int | None = None  # None: the manifest's `size` (must be one value)
     clip_size: int | None = None  # None: the clip manifest's `size`
+    # None: every frame of the clips. A number: the first N frames of each clip, e.g. the paper's
+    # 5-frame training clips cut from the 8-frame clips that its Table 2 (image-to-video) needs.
+    clip_frames: int | None = None
     batch_size: int = 8  # images (or frames) per forward pass
     shard_size: int = 256  # items per shard
     num_workers: int = 0  # processes decoding pixels ahead of the encoder (0 = in the main process)
@@ -61,6 +66,8 @@ class TokenizeSection:
     def __post_init__(self):
         if self.batch_size < 1 or self.shard_size < 1 or self.num_workers < 0:
             raise ValueError("batch_size and shard_size must be >= 1, num_workers >= 0")
+        if self.clip_frames is not None and self.clip_frames < 1:
+            raise ValueError(f"clip_frames must be >= 1 or null, got {self.clip_frames}")
 
 
 @dataclass
@@ -146,6 +153,11 @@ def plan_jobs(cfg: RunConfig, sec: TokenizeSection, downsample: int) -> list[Tok
             raise ConfigError(f"{path}: size {size} is not a multiple of the VQGAN's factor {downsample}")
         frames = 1 if kind == "images" else _one_value({int(r["frames"]) for r in rows}, "frame counts", path,
                                                        "clip_manifest (one frame count per token set)")
+        if kind == "videos" and sec.clip_frames is not None:
+            if sec.clip_frames > frames:
+                raise ConfigError(f"{cfg.path}: tokenize.clip_frames is {sec.clip_frames} but the clips of {path} "
+                                  f"have {frames} frames")
+            frames = sec.clip_frames
         by_split: dict[str, list[dict]] = {}
         for r in rows:
             by_split.setdefault(r.get("split") or "train", []).append(r)

@@ -8,7 +8,11 @@ given direction, feed every patch its true tokens and the context pool built fro
 of the patches before it (teacher forcing), and accumulate the cross-entropy of the predicted
 tokens. bits per token = mean cross-entropy / ln 2, averaged over every predicted token (for P-NAR,
 over the masked tokens of a seeded mask draw, so it is comparable only between P-NAR runs).
-Captions are used as given (no dropping); a model without text gets none.
+Captions are used as given (no dropping) unless `drop_captions` is set (every caption replaced by
+the dropped caption of classifier-free training: the unconditional bits); a model without text gets
+none. `select` (a predicate on patch coordinates) restricts the totals to some patches (the extended
+half of an extension, the predicted frames of a video); every patch still runs, teacher-forced, so
+the selected ones see the same context as in the full pass.
 
 The evaluation stage calls `validation_bits_per_token(renderer, tokenset, direction, batch_size,
 tokenizer)` directly.
@@ -20,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,7 +44,8 @@ log = logging.getLogger("validate")
 @torch.no_grad()
 def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction: Direction | str, batch_size: int,
                               tokenizer: TextTokenizer | None, max_items: int | None = None, seed: int = 0,
-                              progress: bool = False) -> dict:
+                              progress: bool = False, drop_captions: bool = False,
+                              select: Callable[[tuple[int, int, int]], bool] | None = None) -> dict:
     """Teacher-forced cross-entropy of `renderer` on `tokenset` in `direction`; returns a summary dict."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,6 +73,8 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
         text_ids = text_mask = None
         if cfg.has_text:
             text_ids, text_mask = tokenizer.encode([tokenset.captions[i] for i in idx], cfg.text_len)
+            if drop_captions:  # what training feeds for a dropped caption: all padding, nothing visible
+                text_ids, text_mask = torch.zeros_like(text_ids), torch.zeros_like(text_mask)
             text_ids, text_mask = text_ids.to(device), text_mask.to(device)
         pool = ContextPool(grid, direction, cfg.expand)
         for p, coord in enumerate(schedule):
@@ -74,20 +82,21 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
                            generator=generator, direction=direction)
             n_pred = int(out.num_predicted)
             nats = float(out.loss) * n_pred
-            total_nats += nats
-            total_tokens += n_pred
+            if select is None or select(coord):
+                total_nats += nats
+                total_tokens += n_pred
             per_patch[p] += nats
             per_patch_tokens[p] += n_pred
             pool.add(coord, out.states)
             pool.remove(coord)
     renderer.train(was_training)
     if total_tokens == 0:
-        raise ValueError(f"{tokenset.folder}: no items to validate on")
+        raise ValueError(f"{tokenset.folder}: no items to validate on" + (" (or no patch selected)" if select else ""))
     loss = total_nats / total_tokens
     if not math.isfinite(loss):
         raise ValueError(f"non-finite validation loss {loss}")
     return {"loss_nats": loss, "bits_per_token": loss / math.log(2), "tokens": int(total_tokens), "items": n,
-            "direction": direction.name, "renderer": cfg.renderer,
+            "direction": direction.name, "renderer": cfg.renderer, "captions": "dropped" if drop_captions else "own",
             "bits_per_token_by_patch": (per_patch / np.maximum(per_patch_tokens, 1) / math.log(2)).tolist()}
 
 

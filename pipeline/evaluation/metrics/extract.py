@@ -81,10 +81,21 @@ def prepare_clip(frames: np.ndarray, size: int) -> torch.Tensor:
 @torch.no_grad()
 def i3d_stats(model, items, frames: int, size: int, batch_size: int, device, bad: list[dict],
               desc: str = "clips") -> RunningStats:
-    """RunningStats of I3D's time-averaged logits over the first `frames` frames of each video."""
+    """RunningStats of I3D's time-averaged logits over the first `frames` frames of each video.
+
+    A video with fewer than `frames` frames goes to `bad` with the reason: a Fréchet distance
+    between clips of different lengths would measure the lengths, not the videos."""
     stats = RunningStats(model.num_classes)
-    clips = (prepare_clip(v, size).numpy() for _, v in
-             tqdm(read_all(items, bad, max_frames=frames), total=len(items), desc=desc, unit="clip", leave=False))
+
+    def long_enough():
+        for item, video in tqdm(read_all(items, bad, max_frames=frames), total=len(items), desc=desc, unit="clip",
+                                leave=False):
+            if len(video) < frames:
+                bad.append({"path": str(item.path), "reason": f"{len(video)} frames, FVD here needs {frames}"})
+                continue
+            yield video
+
+    clips = (prepare_clip(v, size).numpy() for v in long_enough())
     for batch in batches_of_equal_shape(clips, batch_size):
         feats = model(torch.from_numpy(batch).to(device))
         stats.update(feats.double().cpu().numpy())

@@ -1,9 +1,11 @@
 """Inception Score (Salimans et al. 2016) from class probabilities or logits.
 
-IS = exp(E_x KL(p(y|x) || p(y))), computed on `splits` consecutive, equal parts of the set
-(items past the last full part are dropped, as in the original code) and reported as the
-mean and standard deviation over the parts. The original uses 10 splits; with fewer items
-than splits the number of splits is reduced to the number of items and the caller is told.
+IS = exp(E_x KL(p(y|x) || p(y))), computed on `splits` consecutive parts of the set and reported
+as the mean and standard deviation over the parts. Part i holds items i*N//splits to
+(i+1)*N//splits, as in the original implementation (Salimans et al.'s `get_inception_score`), so
+every item counts when N is not a multiple of `splits` (parts then differ in size by one). The
+original uses 10 splits; with fewer items than splits the number of splits is reduced to the
+number of items and the caller is told.
 
 The computation runs in log space: with very confident predictions the probabilities of the
 other classes underflow to denormals, and their average over a split to zero, which would make
@@ -38,11 +40,11 @@ def inception_score_from_logits(logits: np.ndarray, splits: int = 10) -> tuple[f
 def _score_from_log_probs(logp: np.ndarray, splits: int) -> tuple[float, float, int]:
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
-    splits = min(splits, logp.shape[0])
-    part = logp.shape[0] // splits
+    n = logp.shape[0]
+    splits = min(splits, n)
     scores = []
     for i in range(splits):
-        chunk = logp[i * part:(i + 1) * part]
+        chunk = logp[i * n // splits:(i + 1) * n // splits]
         log_marginal = logsumexp(chunk, axis=0) - np.log(len(chunk))
         p = np.exp(chunk)
         with np.errstate(invalid="ignore"):  # 0 * -inf where p = 0; those terms are 0 by definition

@@ -6,11 +6,16 @@ relative path so every run sees the same order); the sampler writes a JSON sidec
 images/videos or a Parquet manifest (pipeline/formats/manifest.py): image rows are read with
 `load_image_crop` (the same crop the tokenizer saw), clip rows by their MP4 path.
 
+An image item may carry a `region` [x0, y0, x1, y1] in the pixels of the image as read: only that
+box is returned (the extended half of an extension, or the inner part of an image made one block
+larger for Block-FID's shifted reading). A region outside the image is a MediaError.
+
 Every reader raises MediaError naming the file; callers record such items and go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -33,25 +38,45 @@ class MediaError(PipelineError, RuntimeError):
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to read: a whole file, or a manifest crop resized to `size`."""
+    """One image to read: a whole file, or a manifest crop resized to `size`; then its `region`."""
 
     path: Path
     crop: tuple[int, int, int, int] | None = None
     size: int | None = None
+    region: tuple[int, int, int, int] | None = None
 
     def key(self) -> list:
-        """What identifies this input in a cache key (file, size, mtime and the crop)."""
-        return [*_file_key(self.path), list(self.crop) if self.crop else None, self.size]
+        """What identifies this input in a cache key (file, size, mtime, the crop and the region)."""
+        key = [*_file_key(self.path), list(self.crop) if self.crop else None, self.size]
+        return key + [list(self.region)] if self.region else key  # keys of region-free items unchanged
 
     def read(self) -> np.ndarray:
         if self.crop is not None:
             from pipeline.formats.manifest import ManifestError, load_image_crop
 
             try:
-                return load_image_crop(self.path, self.crop, int(self.size))
+                image = load_image_crop(self.path, self.crop, int(self.size))
             except ManifestError as e:
                 raise MediaError(str(e)) from e
-        return read_image(self.path)
+        else:
+            image = read_image(self.path)
+        return image if self.region is None else cut_region(image, self.region, self.path)
+
+
+def cut_region(image: np.ndarray, region, where: Path) -> np.ndarray:
+    """The box [x0, y0, x1, y1] of an image [H, W, C] (a view); outside the image is a MediaError."""
+    x0, y0, x1, y1 = (int(v) for v in region)
+    h, w = image.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise MediaError(f"{where}: region {[x0, y0, x1, y1]} is outside the {w}x{h} image")
+    return image[y0:y1, x0:x1]
+
+
+def with_region(items: list[ImageItem], region) -> list[ImageItem]:
+    """The same items, each restricted to `region` (None: unchanged)."""
+    if region is None:
+        return items
+    return [dataclasses.replace(it, region=tuple(int(v) for v in region)) for it in items]
 
 
 @dataclass(frozen=True)
