@@ -11,7 +11,9 @@ over the masked tokens of a seeded mask draw, so it is comparable only between P
 Captions are used as given (no dropping); a model without text gets none.
 
 The evaluation stage calls `validation_bits_per_token(renderer, tokenset, direction, batch_size,
-tokenizer)` directly.
+tokenizer)` directly, on `held_out_set(run config, ...)`: the test token set, or for a single-image run
+(`train.windows` set) the windows that tile the canvases' held-out strips (pipeline.training.data), of
+the training windows' size.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +32,12 @@ from model.directions import Direction
 from model.patches import get_patch, patch_grid
 from model.pool import ContextPool
 from model.renderer import Renderer
+from pipeline.config import RunConfig
+from pipeline.formats.canvas import CanvasSet, is_canvas_set
 from pipeline.formats.shards import TokenSet
 from pipeline.formats.text_tokenizer import TextTokenizer
+from pipeline.training.data import DataError, WindowSet, holdout_windows, window_codes
+from pipeline.training.settings import read_train_section
 
 log = logging.getLogger("validate")
 
@@ -89,6 +96,21 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
             "bits_per_token_by_patch": (per_patch / np.maximum(per_patch_tokens, 1) / math.log(2)).tolist()}
 
 
+__all__ = ["DataError", "held_out_set", "validation_bits_per_token"]
+
+
+def held_out_set(run: RunConfig, cfg, folder: Path | None = None) -> TokenSet | WindowSet:
+    """The run's held-out data for a model of RenderConfig `cfg`: `folder` (default: the run's canvases when
+    `train.windows` is set, else run_dir/tokens/images/test), a token set or a canvas set's held-out windows."""
+    windows = read_train_section(run).windows
+    if folder is None:
+        folder = run.run_dir / "tokens" / ("single_image" if windows is not None else "images/test")
+    if not is_canvas_set(folder):
+        return TokenSet(folder)
+    size = window_codes(windows, cfg) if windows is not None and windows.size is not None else None
+    return holdout_windows(CanvasSet(folder), size, cfg.patch)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline import atomic
     from pipeline.config import load_config
@@ -97,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--export", default=None, help="export folder (default run_dir/train/export)")
-    ap.add_argument("--data", default=None, help="token set (default run_dir/tokens/images/test)")
+    ap.add_argument("--data", default=None, help="token set or canvas set (default: the run's held-out data)")
     ap.add_argument("--direction", default="down-right-forward")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-items", type=int, default=None)
@@ -114,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         renderer, tokenizer = load_renderer(cfg.resolve(args.export) if args.export else export_dir(cfg),
                                             args.device)
-        data = cfg.resolve(args.data) if args.data else cfg.run_dir / "tokens" / "images" / "test"
-        result = validation_bits_per_token(renderer, TokenSet(data), args.direction, args.batch_size, tokenizer,
+        tokenset = held_out_set(cfg, renderer.cfg, cfg.resolve(args.data) if args.data else None)
+        data = tokenset.folder
+        result = validation_bits_per_token(renderer, tokenset, args.direction, args.batch_size, tokenizer,
                                            args.max_items, seed=cfg.seed, progress=True)
-    except (ConfigError, RendererLoadError, ShardError, TokenizerError, ValueError) as e:
+    except (ConfigError, DataError, RendererLoadError, ShardError, TokenizerError, ValueError) as e:
         log.error("%s", e)
         return 1
     result["token_set"] = str(data)
