@@ -9,6 +9,7 @@ from pipeline.curation.caption import CaptionConfig
 from pipeline.curation.ingest_images import IngestImagesConfig
 from pipeline.curation.ingest_videos import IngestVideosConfig
 from pipeline.curation.object_filter import FilterConfig
+from pipeline.curation.single_image import SingleImageSection
 from pipeline.demo_data.make import DemoDataConfig
 from pipeline.evaluation.evaluate import EvaluateConfig
 from pipeline.formats.renderer_io import model_config
@@ -22,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "ingest_videos": IngestVideosConfig,
             "filter": FilterConfig, "caption": CaptionConfig, "vqgan": VQGANSection,
             "train_vqgan": TrainVQGANSection, "tokenize": TokenizeSection, "train": TrainSection,
-            "sample": SampleSection, "evaluate": EvaluateConfig}
+            "sample": SampleSection, "evaluate": EvaluateConfig, "single_image": SingleImageSection}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml"])
 def test_shipped_configs_parse_for_every_stage(name):
     cfg = load_config(ROOT / "configs" / name)
     assert not set(cfg.raw) - set(SECTIONS) - {"run_dir", "seed", "model"}, "a section no stage reads"

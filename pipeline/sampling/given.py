@@ -1,9 +1,10 @@
 """The codes an extension starts from: a picture encoded by the VQGAN (whole or in tiles), or a code file.
 
 An `extend` job's `input` is either a picture (an image file, a video's first frame, a manifest row:
-pipeline.sampling.sample.load_input), which is encoded here, or a code grid saved as `.npy`: a
-single-image run's canvas (run_dir/tokens/single_image/<id>.npy, pipeline.formats.canvas) or a
-sample's own `<name>.codes.npy`, so an output can be continued again. A code file is used as it is,
+pipeline.sampling.sample.load_input), which is encoded here, or a code grid: a `.npy` (a single-image
+run's canvas, run_dir/tokens/single_image/<id>.npy, pipeline.formats.canvas, or a sample's own
+`<name>.codes.npy`, so an output can be continued again), or a canvas-set folder with `input_index`
+naming its canvas (in id order). A code file is used as it is,
 so the continuation keeps exactly the codes the model was trained on; `input_crop` (pixels) cuts a
 box of it on the VQGAN's grid.
 
@@ -22,6 +23,25 @@ import torch
 
 from model.tiles import encode_tiled
 from pipeline.config import ConfigError
+
+
+def code_file(path: Path, index: int, where: str) -> Path | None:
+    """The code grid an `input` names: a `.npy` itself, or canvas number `index` of a canvas-set folder; None for
+    a picture."""
+    from pipeline.formats.canvas import CanvasSet, is_canvas_set
+    from pipeline.formats.shards import ShardError
+
+    if path.is_dir():
+        if not is_canvas_set(path):
+            raise ConfigError(f"{where}: {path} is a folder but not a canvas set (run_dir/tokens/single_image)")
+        try:
+            canvases = CanvasSet(path).canvases
+        except ShardError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        if not 0 <= index < len(canvases):
+            raise ConfigError(f"{where}: input_index {index} outside the {len(canvases)} canvas(es) of {path}")
+        return canvases[index].path
+    return path if path.suffix.lower() == ".npy" else None
 
 
 def read_code_file(path: Path, crop: tuple[int, int, int, int] | None, factor: int, vocab_size: int,

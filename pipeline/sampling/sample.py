@@ -30,7 +30,8 @@ line, or JSONL objects with "prompt" and optional "name"/"seed"; outputs `<job>/
 `input` is an image, a video (its first frame) or a Parquet manifest with `input_index` (an image
 row is read with its crop, a clip row by its first frame); `input_crop` [x0, y0, x1, y1] crops it.
 An extension's `input` may also be a code grid `.npy` (a single-image run's canvas, a sample's
-`.codes.npy`), continued with its codes unchanged (pipeline.sampling.given); a large picture is
+`.codes.npy`) or a canvas-set folder (run_dir/tokens/single_image, `input_index` picks the canvas),
+continued with its codes unchanged (pipeline.sampling.given); a large picture is
 encoded in tiles when `encode_tile` is set.
 Relative paths (input, prompts_file, export_dir, out_dir) are taken from the config file's folder.
 
@@ -70,7 +71,7 @@ from pipeline.sampling.generate import (
     generate,
     slab_axis,
 )
-from pipeline.sampling.given import check_whole_patches, encode_picture, read_code_file
+from pipeline.sampling.given import check_whole_patches, code_file, encode_picture, read_code_file
 from pipeline.sampling.image_to_video import VIDEO_DIRECTION, image_to_video
 from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, remove_stale_canvases, write_png
 
@@ -384,9 +385,9 @@ def _run_video(s: Sampler, job, where, common, sampling, seed, out_dir, summary)
 def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
     if job.amount % s.f:
         raise ConfigError(f"{where}: amount {job.amount} is not a multiple of the VQGAN factor {s.f}")
-    path = s.cfg.resolve(job.input)
     codes = picture = None
-    if path.suffix.lower() == ".npy":  # a code grid (a canvas, a sample's codes): used as it is
+    path = code_file(s.cfg.resolve(job.input), job.input_index, f"{where}.input")
+    if path is not None:  # a code grid (a canvas, a sample's codes): used as it is
         codes = read_code_file(path, job.input_crop, s.f, s.vqgan.config.n_embed, f"{where}.input")
         h_codes, w_codes = codes.shape[-2:]
         check_whole_patches(h_codes * s.f, w_codes * s.f, s.renderer.cfg.patch, s.f, where)
@@ -400,7 +401,7 @@ def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary
     settings = {**common, "prompt": job.prompt or "", "seed": seed, "direction": direction.name,
                 "input": _input_record(job), "side": job.side, "amount": job.amount,
                 "given_size": [h_codes * s.f, w_codes * s.f], "size": [grid.H * hp * s.f, grid.W * wp * s.f]}
-    if s.sec.encode_tile is not None and path.suffix.lower() != ".npy":
+    if s.sec.encode_tile is not None and picture is not None:
         settings["encode"] = {"tile": s.sec.encode_tile, "margin": s.sec.encode_margin}
 
     def make() -> dict:

@@ -243,20 +243,26 @@ class WindowSet:
         return self.codes(i), self.captions[i], self.ids[i]
 
 
-def whole_box_size(canvases: list[Canvas], region: str, patch: tuple[int, int, int]) -> tuple[int, int]:
-    """The window (codes) that is a box of `region` cut to whole patches; one size for every canvas."""
+def _whole_boxes(canvases: list[Canvas], region: str, patch: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """Each canvas's `region` box cut to whole patches, (rows, columns) in codes."""
     hp, wp, _ = patch
-    sizes = set()
+    out = []
     for c in canvases:
         x0, y0, x1, y1 = c.box(region)
-        sizes.add(((y1 - y0) // hp * hp, (x1 - x0) // wp * wp))
+        out.append(((y1 - y0) // hp * hp, (x1 - x0) // wp * wp))
+        if min(out[-1]) < 1:
+            raise DataError(f"{c.path}: the {region} box {list(c.box(region))} is smaller than one patch of "
+                            f"{hp} x {wp} codes")
+    return out
+
+
+def whole_box_size(canvases: list[Canvas], region: str, patch: tuple[int, int, int]) -> tuple[int, int]:
+    """The window (codes) that is a box of `region` cut to whole patches; one size for every canvas."""
+    sizes = set(_whole_boxes(canvases, region, patch))
     if len(sizes) != 1:
         raise DataError(f"the canvases' {region} boxes give several whole-box windows {sorted(sizes)}; one batch "
                         "needs one grid: set train.windows.size")
-    size = sizes.pop()
-    if min(size) < 1:
-        raise DataError(f"a {region} box is smaller than one patch of {hp} x {wp} codes")
-    return size
+    return sizes.pop()
 
 
 class TrainWindows:
@@ -293,14 +299,14 @@ class TrainWindows:
 
 
 def holdout_windows(cset: CanvasSet, size: tuple[int, int] | None, patch: tuple[int, int, int]) -> WindowSet:
-    """Windows (codes) that tile every canvas's held-out box; `size=None`: the box cut to whole patches."""
-    size = size or whole_box_size(cset.canvases, "holdout", patch)
+    """Windows (codes) that tile every canvas's held-out box: of `size` (e.g. the training windows') where the
+    boxes allow, else as large as they allow in whole patches (`size=None`: the boxes cut to whole patches)."""
+    boxes = _whole_boxes(cset.canvases, "holdout", patch)
+    whole = (min(b[0] for b in boxes), min(b[1] for b in boxes))
+    size = whole if size is None else (min(size[0], whole[0]), min(size[1], whole[1]))
     corners = []
     for n, c in enumerate(cset.canvases):
         x0, y0, x1, y1 = c.box("holdout")
-        if y1 - y0 < size[0] or x1 - x0 < size[1]:
-            raise DataError(f"{c.path}: held-out box {list(c.holdout_box)} (codes) is smaller than a window of "
-                            f"{size[0]} x {size[1]} codes")
         ys = _tiling(y0, y1, size[0])
         xs = _tiling(x0, x1, size[1])
         corners += [(n, y, x) for y in ys for x in xs]
