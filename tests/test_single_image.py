@@ -21,7 +21,7 @@ from pipeline.formats import canvas
 from pipeline.formats.manifest import SINGLE_IMAGE_MANIFEST, open_pixels, read_rows
 from pipeline.ranks import RankInfo
 from pipeline.sampling.generate import CodeCollector, GivenCodes, MemoryLedger, extension_plan, generate
-from pipeline.sampling.given import read_code_file
+from pipeline.sampling.given import encode_picture, read_code_file
 from pipeline.tokens.single_image import SingleImageCrops, tokenize_canvases
 from pipeline.training.data import DataError, check_windows, holdout_windows
 from pipeline.training.settings import WindowSettings
@@ -129,6 +129,10 @@ def test_tiled_encoding_equals_one_pass_when_a_tile_covers_the_image():
     assert torch.equal(tiled, encode_tiled(vq, img, tile=16, margin=8, batch_size=1))  # batching changes nothing
     with pytest.raises(ValueError, match="multiples"):
         encode_tiled(vq, img, tile=12, margin=8)
+    # an extension's picture input: one pass without sample.encode_tile (or when a tile covers it), else tiles
+    assert torch.equal(encode_picture(vq, img, None, 8)[0, 0], whole)
+    assert torch.equal(encode_picture(vq, img, 48, 8)[0, 0], whole)
+    assert torch.equal(encode_picture(vq, img, 16, 8)[0, 0], tiled)
 
 
 def make_canvas(folder, codes: np.ndarray, train_box, holdout_box, vocab=32, cid="c0"):

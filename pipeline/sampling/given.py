@@ -1,4 +1,4 @@
-"""The codes an extension starts from: a picture encoded by the VQGAN (whole or in tiles), or a code file.
+"""The inputs of sampling jobs: pictures, and the codes an extension starts from (encoded or read from a file).
 
 An `extend` job's `input` is either a picture (an image file, a video's first frame, a manifest row:
 pipeline.sampling.sample.load_input), which is encoded here, or a code grid: a `.npy` (a single-image
@@ -22,7 +22,58 @@ import numpy as np
 import torch
 
 from model.tiles import encode_tiled
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, RunConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def load_input(cfg: RunConfig, job) -> np.ndarray:
+    """The input picture of a job (pipeline.sampling.sample.JobConfig) as uint8 RGB [H, W, 3]: an image file,
+    a video's first frame, or a manifest row."""
+    from PIL import Image
+
+    path = cfg.resolve(job.input)
+    if not path.is_file():
+        raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input: file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            rgb = _manifest_input(path, job.input_index)
+        elif suffix in IMAGE_SUFFIXES:
+            from pipeline.formats.manifest import to_rgb
+
+            with Image.open(path) as im:
+                rgb = np.asarray(to_rgb(im), dtype=np.uint8)
+        else:
+            from pipeline.formats.video_io import read_frames_at
+
+            rgb = read_frames_at(path, [0.0])[0]
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{path}: cannot read the input of job {job.name} ({e})") from e
+    if job.input_crop is not None:
+        x0, y0, x1, y1 = job.input_crop
+        if not (0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0]):
+            raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input_crop {list(job.input_crop)} is outside "
+                              f"the {rgb.shape[1]} x {rgb.shape[0]} input {path}")
+        rgb = rgb[y0:y1, x0:x1]
+    return np.ascontiguousarray(rgb)
+
+
+def _manifest_input(path: Path, index: int) -> np.ndarray:
+    from pipeline.formats.manifest import load_image_crop, read_rows
+
+    rows = read_rows(path)
+    if not 0 <= index < len(rows):
+        raise ValueError(f"input_index {index} outside the manifest's {len(rows)} rows")
+    row = rows[index]
+    media = Path(row["path"])
+    if not media.is_absolute():
+        media = path.parent / media
+    if media.suffix.lower() in IMAGE_SUFFIXES:  # an image manifest row: its recorded crop
+        return load_image_crop(media, row["crop"], int(row["size"]))
+    from pipeline.formats.video_io import read_frames_at  # a clip row: the clip file is already cut and sized
+
+    return read_frames_at(media, [0.0])[0]
 
 
 def code_file(path: Path, index: int, where: str) -> Path | None:

@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from model.config import SamplingConfig
@@ -71,13 +70,12 @@ from pipeline.sampling.generate import (
     generate,
     slab_axis,
 )
-from pipeline.sampling.given import check_whole_patches, code_file, encode_picture, read_code_file
+from pipeline.sampling.given import check_whole_patches, code_file, encode_picture, load_input, read_code_file
 from pipeline.sampling.image_to_video import VIDEO_DIRECTION, image_to_video
 from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, remove_stale_canvases, write_png
 
 log = logging.getLogger("sample")
 Mode = Literal["text_to_image", "unconditional", "extend", "image_to_video", "batch"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -156,55 +154,7 @@ def check_jobs(sec: SampleSection, where: str) -> None:
             Direction.parse(job.direction)
 
 
-# ------------------------------------------------------------------------------ inputs
-
-
-def load_input(cfg: RunConfig, job: JobConfig) -> np.ndarray:
-    """The job's input picture as uint8 RGB [H, W, 3] (image file, video's first frame, manifest row)."""
-    from PIL import Image
-
-    path = cfg.resolve(job.input)
-    if not path.is_file():
-        raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input: file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            rgb = _manifest_input(path, job.input_index)
-        elif suffix in IMAGE_SUFFIXES:
-            from pipeline.formats.manifest import to_rgb
-
-            with Image.open(path) as im:
-                rgb = np.asarray(to_rgb(im), dtype=np.uint8)
-        else:
-            from pipeline.formats.video_io import read_frames_at
-
-            rgb = read_frames_at(path, [0.0])[0]
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{path}: cannot read the input of job {job.name} ({e})") from e
-    if job.input_crop is not None:
-        x0, y0, x1, y1 = job.input_crop
-        if not (0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0]):
-            raise ConfigError(f"{cfg.path}: sample.jobs[{job.name}].input_crop {list(job.input_crop)} is outside "
-                              f"the {rgb.shape[1]} x {rgb.shape[0]} input {path}")
-        rgb = rgb[y0:y1, x0:x1]
-    return np.ascontiguousarray(rgb)
-
-
-def _manifest_input(path: Path, index: int) -> np.ndarray:
-    from pipeline.formats.manifest import load_image_crop, read_rows
-
-    rows = read_rows(path)
-    if not 0 <= index < len(rows):
-        raise ValueError(f"input_index {index} outside the manifest's {len(rows)} rows")
-    row = rows[index]
-    media = Path(row["path"])
-    if not media.is_absolute():
-        media = path.parent / media
-    if media.suffix.lower() in IMAGE_SUFFIXES:  # an image manifest row: its recorded crop
-        return load_image_crop(media, row["crop"], int(row["size"]))
-    from pipeline.formats.video_io import read_frames_at  # a clip row: the clip file is already cut and sized
-
-    return read_frames_at(media, [0.0])[0]
+# ------------------------------------------------------------------------------ prompts
 
 
 def read_prompts(path: Path) -> tuple[list[dict], list[dict]]:
