@@ -78,6 +78,12 @@ def test_ingest_cuts_the_usable_box_and_holds_out_a_strip_of_whole_patches(tmp_p
     cfg2 = write_config(tmp_path, tmp_path / "scroll.png", holdout_side="up", holdout_pixels=0)
     row2 = ingest.ingest(cfg2, ingest.read_section(cfg2))[0]
     assert list(row2["holdout_box"]) == [] and list(row2["train_box"]) == [0, 0, 296, 40]
+    # mirror: a second image, the usable box flipped left-right, its held-out strip now at the left end
+    cfg3 = write_config(tmp_path, tmp_path / "scroll.png", holdout_pixels=64, mirror=True)
+    plain, mirror = ingest.ingest(cfg3, ingest.read_section(cfg3))
+    assert mirror["id"] == plain["id"] + "-mirror" and mirror["id"] > plain["id"]  # the original sorts first
+    assert np.array_equal(open_pixels(mirror), pixels[:, :296][:, ::-1])
+    assert list(mirror["train_box"]) == [64, 0, 296, 40] and list(mirror["holdout_box"]) == [0, 0, 64, 40]
 
 
 def test_ingest_errors_name_the_file_and_the_key(tmp_path, caplog):

@@ -2,8 +2,8 @@
 
 The project's panorama (stage 00) becomes the whole data set (stage 12), the VQGAN trains on crops of its
 training box (40), it is tokenised whole into a canvas (50), the renderer trains on windows of it with
-DeepSpeed on two CPU ranks (60), the canvas is continued to the right and a new image is made from nothing
-(70), and the held-out strip gives bits per token beside the copy figures (80).
+DeepSpeed on two CPU ranks (60), the canvas is continued to the right and upwards and a new image is made
+from nothing (70), and the held-out strip gives bits per token beside the copy figures (80).
 """
 
 import json
@@ -39,6 +39,8 @@ def small_config(tmp: Path) -> dict:
         {"name": "continuation", "mode": "extend", "input": str(run / "tokens/single_image"), "side": "right",
          "amount": 2 * 192, "seed": 1},
         {"name": "new", "mode": "unconditional", "size": [32, 128], "seed": 2},
+        {"name": "above", "mode": "extend", "input": str(run / "tokens/single_image"), "side": "up", "amount": 32,
+         "seed": 3},
     ]
     return cfg
 
@@ -69,6 +71,8 @@ def test_single_image_run_tokenises_trains_and_continues(tmp_path):
     codes = np.load(samples / "continuation.codes.npy")
     assert codes.shape == (1, 4, 3 * 24) and np.array_equal(codes[:, :, :24], source)  # given codes unchanged
     assert Image.open(samples / "new.png").size == (128, 32)
+    above = np.load(samples / "above.codes.npy")  # one patch row grown above the source, which is kept
+    assert above.shape == (1, 8, 24) and np.array_equal(above[:, 4:], source)
     sidecar = json.loads((samples / "continuation.json").read_text())
     assert sidecar["stats"]["patches_primed"] == 6 and sidecar["stats"]["patches_generated"] == 12
 
@@ -76,6 +80,6 @@ def test_single_image_run_tokenises_trains_and_continues(tmp_path):
     bpt = metrics["bits_per_token"]
     assert np.isfinite(bpt["value"]) and bpt["items"] == 1 and bpt["tokens"] == 32  # the 4 x 8 held-out codes
     copies = metrics["copy_share"]
-    assert 0 <= copies["value"] <= 1 and copies["patches"] == 12 + 4
+    assert 0 <= copies["value"] <= 1 and copies["patches"] == 12 + 4 + 6
     assert copies["samples"]["continuation"]["generated_width_px"] == 2 * 192
     assert copies["holdout_baseline"]["patches"] == 2

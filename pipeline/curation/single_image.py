@@ -11,6 +11,8 @@ Config section `single_image` (a run without it has nothing to do here):
       holdout_fraction: 0.1        # the strip's share of the image along that side...
       holdout_pixels: null         # ...or its thickness in pixels (wins when set); 0 = no held-out strip
       max_image_pixels: 1000000000 # decompression-bomb limit (2048 x 38912 is 80M pixels)
+      mirror: false                # also use each image mirrored left-right (twice the data for a
+                                   # landscape; wrong for a scroll with writing)
 
 Writes run_dir/data/single_image/: `<id>.npy`, the oriented RGB pixels of each image as an uint8
 array [H, W, 3] that later stages memory-map (the VQGAN's random crops, the tiled tokenisation), and
@@ -60,6 +62,8 @@ class SingleImageSection:
     holdout_side: Literal["right", "left", "down", "up"] = "right"
     holdout_fraction: float = 0.1
     holdout_pixels: int | None = None
+    mirror: bool = False  # also train on the image mirrored left-right (a second image; the canvas order keeps the
+    # original first)
     max_image_pixels: int = 1_000_000_000
 
     def __post_init__(self):
@@ -120,6 +124,20 @@ def _decode(path: Path, max_pixels: int) -> np.ndarray:
         return np.asarray(manifest.to_rgb(ImageOps.exif_transpose(im)), dtype=np.uint8)
 
 
+def mirrored(box: list[int], width: int) -> list[int]:
+    """A box [x0, y0, x1, y1] of an image `width` pixels wide, in the left-right mirror image ([] stays [])."""
+    return [width - box[2], box[1], width - box[0], box[3]] if box else []
+
+
+def _store(folder: Path, row: dict, pixels: np.ndarray) -> dict:
+    """Write `pixels` as the row's .npy (atomically); returns the row with its `pixels` path."""
+    target = folder / f"{row['id']}.npy"
+    with atomic.atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(pixels))
+    return {**row, "pixels": str(target)}
+
+
 def ingest(cfg: RunConfig, sec: SingleImageSection) -> list[dict]:
     """Check, decode and store every image of the section; returns the manifest rows."""
     where = f"{cfg.path}: {SECTION}"
@@ -152,16 +170,17 @@ def ingest(cfg: RunConfig, sec: SingleImageSection) -> list[dict]:
         pixels = _decode(path, sec.max_image_pixels)
         h, w = pixels.shape[:2]
         box, train, holdout = split_boxes(w, h, factor, (hp * factor, wp * factor), sec, where)
-        target = folder / f"{image_id}.npy"
-        with atomic.atomic_path(target) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, pixels)
-        del pixels
-        rows.append({"id": image_id, "path": str(path), "source": str(path), "sha256": sha, "width": w, "height": h,
-                     "pixels": str(target), "box": box, "train_box": train, "holdout_box": holdout,
-                     "caption": sec.caption})
-        log.info("%s: %d x %d px -> %s; training box %s, held-out box %s", path, w, h, target.name, train,
+        row = {"id": image_id, "path": str(path), "source": str(path), "sha256": sha, "width": w, "height": h,
+               "box": box, "train_box": train, "holdout_box": holdout, "caption": sec.caption}
+        rows.append(_store(folder, row, pixels))
+        log.info("%s: %d x %d px -> %s; training box %s, held-out box %s", path, w, h, image_id, train,
                  holdout or "none")
+        if sec.mirror:  # the usable box mirrored left-right, with its boxes mirrored too
+            bw, bh = box[2], box[3]
+            rows.append(_store(folder, {**row, "id": f"{image_id}-mirror", "source": f"{path} (mirrored)",
+                                        "width": bw, "height": bh, "box": list(box), "train_box": mirrored(train, bw),
+                                        "holdout_box": mirrored(holdout, bw)}, pixels[:bh, :bw][:, ::-1]))
+        del pixels
     manifest.write_rows(manifest_path, rows, SINGLE_IMAGE_COLUMNS)
     atomic.write_json(settings_path, settings)  # last: the stage's done-marker
     return rows
