@@ -285,3 +285,21 @@ def test_copy_figures_count_verbatim_patches_and_runs(tmp_path):
     assert fig["longest_copy_px"] == 12 * 8 and fig["generated_width_px"] == 32 * 8
     assert fig["holdout_baseline"]["patches"] == 8 and fig["holdout_baseline"]["copy_share"] < 0.5
     assert longest_column_copy(source[0, :, 10:30], [source[0, :, :48]], 4) == 20  # a crop of the source
+
+
+def test_after_fine_tuning_the_later_stages_load_the_fine_tuned_export(tmp_path):
+    from pipeline.formats import vqgan_io
+
+    start = tmp_path / "start.safetensors"
+    vqgan_io.save_vqgan(small_vqgan(0), start)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"),
+                                        "vqgan": {"preset": "tiny_f8", "overrides": VQ, "weights": str(start)}}))
+    cfg = load_config(cfg_path)
+    assert vqgan_io.weights_path(cfg) == start  # stage 40 has not run: the given weights
+    export = vqgan_io.export_path(cfg)
+    export.parent.mkdir(parents=True)
+    vqgan_io.save_vqgan(small_vqgan(1), export, extra={"steps": 3})
+    assert vqgan_io.weights_path(cfg) == start  # an export that says nothing of fine-tuning is not used
+    vqgan_io.save_vqgan(small_vqgan(1), export, extra={"fine_tuned_from": {"path": str(start), "sha256": "x"}})
+    assert vqgan_io.weights_path(cfg) == export

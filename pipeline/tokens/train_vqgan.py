@@ -368,6 +368,8 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
     if main_rank:
         extra = {"steps": sec.steps, "train_size": sec.size, "final_losses": last,
                  "section": dataclasses.asdict(sec)}
+        if start_weights is not None:  # later stages load this export, not the starting point (vqgan_io)
+            extra["fine_tuned_from"] = {"path": str(start_weights), "sha256": atomic.sha256_file(start_weights)}
         sha = vqgan_io.save_vqgan(model, vqgan_io.export_path(cfg), extra=extra)
         writer.close()
         summary = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in last.items())
