@@ -163,6 +163,9 @@ def test_tokenisation_writes_one_canvas_per_image_with_its_boxes_in_codes(tmp_pa
     box = rows[0]["box"]
     want = encode_tiled(vq, np.asarray(open_pixels(rows[0]))[:box[3], :box[2]], 32, 8)
     assert np.array_equal(c.codes()[0], want.numpy())
+    # a second canvas whose file name sorts first still comes after in id order
+    canvas.write_canvas(out, f"{c.id}-mirror", c.codes(), c.train_box, c.holdout_box, "", "", cset.meta)
+    assert [x.id for x in canvas.CanvasSet(out).canvases] == [c.id, f"{c.id}-mirror"]
     assert tokenize_canvases(rows, out, vq, torch.device("cpu"), "ab" * 32, 32, 8, RankInfo(0, 1, 0)) == \
         {"canvases": 0, "skipped": 1, "codes": 0}
     with pytest.raises(canvas.ShardError, match="made with"):  # another VQGAN into the same folder

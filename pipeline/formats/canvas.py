@@ -142,6 +142,7 @@ class CanvasSet:
                 raise ShardError(f"{p}: malformed canvas record ({e})") from e
         if not self.canvases:
             raise ShardError(f"{self.folder}: no finished canvas (the tokenisation stage has not run)")
+        self.canvases.sort(key=lambda c: c.id)  # by id, not file name: "x" before "x-mirror"
 
     def __len__(self) -> int:
         return len(self.canvases)
