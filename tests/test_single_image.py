@@ -285,9 +285,16 @@ def test_copy_figures_count_verbatim_patches_and_runs(tmp_path):
     fig = analyse(out[None], sidecar, cset, (4, 4))
     assert fig["generated"]["patches"] == 16  # (8 / 4) x (32 / 4) generated patches
     assert fig["generated"]["copy_share"] == pytest.approx(6 / 16)
+    assert fig["generated"]["near_copy_share"] >= 6 / 16
     assert fig["longest_copy_px"] == 12 * 8 and fig["generated_width_px"] == 32 * 8
     assert fig["holdout_baseline"]["patches"] == 8 and fig["holdout_baseline"]["copy_share"] < 0.5
     assert longest_column_copy(source[0, :, 10:30], [source[0, :, :48]], 4) == 20  # a crop of the source
+    # near copies: a copied patch with 3 of its 16 codes changed is no verbatim copy, but a near one
+    near = np.concatenate([source[0, :, :16], source[0, :, 5:37]], axis=1)
+    near[:3, 16] = (near[:3, 16] + 1) % 32
+    fig = analyse(near[None], sidecar, cset, (4, 4))
+    assert fig["generated"]["copy_share"] == pytest.approx(15 / 16)
+    assert fig["generated"]["near_copy_share"] == pytest.approx(1.0)
 
 
 def test_after_fine_tuning_the_later_stages_load_the_fine_tuned_export(tmp_path):

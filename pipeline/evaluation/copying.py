@@ -8,10 +8,11 @@ output repeats the source exactly. Everything is measured on codes: the sampler'
 means equal VQGAN codes, the exact unit the model generates. Only the generated patches count: the
 given part of an extension (its sidecar's `side` and `given_size`) is left out.
 
-- patch_copy_share: the share of generated patches (h_p x w_p codes on the output's patch grid)
+- copy_share: the share of generated patches (h_p x w_p codes on the output's patch grid)
   whose codes equal those of some h_p x w_p block of a source's training box, at any code offset.
-  `nonflat_patch_copy_share` is the same over the patches that hold more than one distinct code
-  (a patch of plain sky is "a copy" of every other one).
+  `nonflat_copy_share` is the same over the patches that hold more than one distinct code (a patch
+  of plain sky is "a copy" of every other one); `near_copy_share` counts the patches that equal some
+  block in at least 75% of their codes (a copy up to a few codes).
 - The baseline: the same shares for the patches of the source's held-out strip (real pixels the
   model never trained on). That is how often the image repeats itself exactly at this scale; a
   sample whose shares are near it copies patches no more than the image itself does.
@@ -34,6 +35,7 @@ from pipeline import atomic
 from pipeline.formats.canvas import CanvasSet
 
 log = logging.getLogger("copying")
+NEAR = 0.75  # a "near copy" equals a source block in at least this share of its codes
 
 
 def _blocks(codes: np.ndarray, bh: int, bw: int, step: tuple[int, int] = (1, 1)) -> np.ndarray:
@@ -48,14 +50,27 @@ def _keys(rows: np.ndarray) -> list[bytes]:
     return [r.tobytes() for r in rows]
 
 
-def patch_shares(patches: np.ndarray, source: set[bytes]) -> dict:
-    """Shares of `patches` ([n, T] codes) found in `source`, over all and over the non-flat ones."""
-    keys = _keys(patches)
-    found = np.array([k in source for k in keys], dtype=bool)
+def best_overlap(patches: np.ndarray, blocks: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """For each patch ([n, T] codes), the largest number of positions where it equals one of `blocks` [m, T]."""
+    out = np.zeros(len(patches), dtype=np.int64)
+    for i in range(0, len(patches), chunk):
+        part = patches[i:i + chunk]
+        out[i:i + chunk] = (part[:, None, :] == blocks[None, :, :]).sum(axis=2).max(axis=1)
+    return out
+
+
+def patch_shares(patches: np.ndarray, source: np.ndarray, near: float = NEAR) -> dict:
+    """Shares of `patches` ([n, T] codes) equal to a block of `source` ([m, T], distinct rows), over all and over
+    the non-flat ones, and the share that equals one in at least `near` of their positions."""
+    if not len(patches):
+        return {"patches": 0, "copy_share": None, "nonflat_patches": 0, "nonflat_copy_share": None,
+                "near_copy_share": None}
+    overlap = best_overlap(patches, source)
+    found = overlap == patches.shape[1]
     nonflat = (patches != patches[:, :1]).any(axis=1)
-    return {"patches": int(len(keys)), "copy_share": float(found.mean()) if len(keys) else None,
-            "nonflat_patches": int(nonflat.sum()),
-            "nonflat_copy_share": float(found[nonflat].mean()) if nonflat.any() else None}
+    return {"patches": int(len(patches)), "copy_share": float(found.mean()), "nonflat_patches": int(nonflat.sum()),
+            "nonflat_copy_share": float(found[nonflat].mean()) if nonflat.any() else None,
+            "near_copy_share": float((overlap >= near * patches.shape[1]).mean())}
 
 
 def longest_column_copy(region: np.ndarray, sources: list[np.ndarray], wp: int) -> int:
@@ -108,7 +123,8 @@ def analyse(codes: np.ndarray, sidecar: dict, cset: CanvasSet, patch: tuple[int,
         if c.holdout_box is not None:
             x0, y0, x1, y1 = c.holdout_box
             holdouts.append(arr[y0:y1, x0:x1])
-    source = {k for t in trains if t.shape[0] >= hp and t.shape[1] >= wp for k in _keys(_blocks(t, hp, wp))}
+    source = np.unique(np.concatenate([_blocks(t, hp, wp) for t in trains if t.shape[0] >= hp and t.shape[1] >= wp]),
+                       axis=0)
     mask = generated_mask(codes.shape, sidecar, f)
     patch_mask = _blocks(mask, hp, wp, (hp, wp)).all(axis=1)
     out = {"patch": [hp, wp], "source_blocks": len(source),

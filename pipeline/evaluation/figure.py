@@ -9,7 +9,11 @@ A continuation 8x as long as a 2304-pixel source is 20736 pixels wide: no page s
                       image ends (the seam);
   <out>_seam.png      full resolution, `crop` pixels either side of the seam (the given image's last
                       pixels, then the first generated ones), with the same tick;
-  <out>_far.png       full resolution, `crop` pixels wide at each fraction `at` of the generated part.
+  <out>_far.png       full resolution, `crop` pixels wide at each fraction `at` of the generated part;
+  <out>_compare.png   for an extension of a single-image run's canvas (stage 12's manifest is there), three
+                      rows of 2 x `crop` pixels: the source's own pixels just before the seam, the same
+                      place as the sample shows it (its codes decoded: the VQGAN's reconstruction), and
+                      the generated part at its middle. The first two differ only by the VQGAN.
 Each is a plain PNG (atomic write); the sample's own PNG and its JSON sidecar are only read.
 """
 
@@ -122,7 +126,32 @@ def main(argv: list[str] | None = None) -> int:
         write(out.with_name(out.name + "_seam.png"), seam_png)
     if far_png is not None:
         write(out.with_name(out.name + "_far.png"), far_png)
+    source = _source_pixels(cfg, sidecar)
+    if source is not None and seam is not None and sidecar["side"] == "right":
+        write(out.with_name(out.name + "_compare.png"), compare(source, image, seam, 2 * args.crop, generated))
     return 0
+
+
+def _source_pixels(cfg, sidecar: dict) -> np.ndarray | None:
+    """The given image's own pixels when the sample extends canvas 0 of this run's single image, else None."""
+    from pipeline.formats import manifest
+
+    path = cfg.run_dir / manifest.SINGLE_IMAGE_MANIFEST
+    given = (sidecar.get("input") or {}).get("path") or ""
+    if not path.is_file() or "single_image" not in given or (sidecar["input"].get("index") or 0) != 0:
+        return None
+    row = manifest.read_rows(path, manifest.SINGLE_IMAGE_COLUMNS)[0]
+    x0, y0, x1, y1 = row["box"]
+    return np.asarray(manifest.open_pixels(row)[y0:y1, x0:x1])
+
+
+def compare(source: np.ndarray, image: np.ndarray, seam: int, width: int, generated: tuple[int, int]) -> np.ndarray:
+    """Rows: source pixels before the seam, the sample there (decoded codes), the middle of the generated part."""
+    width = min(width, seam, generated[1] - generated[0])
+    mid = generated[0] + (generated[1] - generated[0] - width) // 2
+    rows = [source[:, seam - width:seam], image[:, seam - width:seam], image[:, mid:mid + width]]
+    gap = np.full((GAP, width, 3), 255, dtype=np.uint8)
+    return np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
 
 
 if __name__ == "__main__":
