@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic
-from pipeline.formats.shards import MAX_VOCAB, ShardError
+from pipeline.formats.shards import ShardError, read_meta_file, write_meta_once
 
 
 @dataclass(frozen=True)
@@ -74,26 +74,11 @@ def is_canvas_set(folder: str | Path) -> bool:
 
 
 def write_meta(folder: Path, meta: CanvasMeta) -> None:
-    if meta.vocab_size > MAX_VOCAB:
-        raise ShardError(f"{folder}: vocab_size {meta.vocab_size} does not fit int16 codes")
-    path = Path(folder) / "meta.json"
-    if path.is_file():
-        old = read_meta(folder)
-        if old != meta:
-            raise ShardError(f"{path}: the canvases here were made with {old}, this run has {meta}; use a new folder "
-                             "or delete the old one")
-        return
-    atomic.write_json(path, asdict(meta))
+    write_meta_once(folder, meta, asdict(meta), read_meta, "canvas set")
 
 
 def read_meta(folder: Path) -> CanvasMeta:
-    path = Path(folder) / "meta.json"
-    if not path.is_file():
-        raise ShardError(f"{path}: missing (not a canvas set, or the single image has not been tokenised)")
-    try:
-        return CanvasMeta.from_json(atomic.read_json(path))
-    except (KeyError, ValueError, TypeError) as e:
-        raise ShardError(f"{path}: malformed canvas-set metadata ({e})") from e
+    return read_meta_file(folder, CanvasMeta.from_json, "canvas set", "the single image has not been tokenised")
 
 
 def write_canvas(folder: Path, canvas_id: str, codes: np.ndarray, train_box, holdout_box, caption: str, source: str,
