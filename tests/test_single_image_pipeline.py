@@ -61,9 +61,11 @@ def test_single_image_run_tokenises_trains_and_continues(tmp_path):
     assert "crops of single images at 32x32" in log
     assert "code grid (1, 4, 8) -> patch grid 1x2x1" in log  # windows of 1 x 2 patches, not the whole image
 
-    # the canvas: the whole usable image in codes, its last 8 columns held out
-    (record,) = [json.loads(p.read_text()) for p in (run / "tokens/single_image").glob("single-*.json")]
+    # the canvases: the whole usable image in codes, its last 8 columns held out, and its mirror image
+    record, mirror = sorted((json.loads(p.read_text()) for p in (run / "tokens/single_image").glob("single-*.json")),
+                            key=lambda r: r["id"])
     assert record["shape"] == [1, 4, 24] and record["holdout_box"] == [16, 0, 24, 4]
+    assert mirror["id"] == record["id"] + "-mirror" and mirror["holdout_box"] == [0, 0, 8, 4]
     source = np.load(run / "tokens/single_image" / record["file"])
 
     samples = run / "samples"
@@ -78,8 +80,8 @@ def test_single_image_run_tokenises_trains_and_continues(tmp_path):
 
     metrics = json.loads((run / "eval/metrics.json").read_text())["metrics"]
     bpt = metrics["bits_per_token"]
-    assert np.isfinite(bpt["value"]) and bpt["items"] == 1 and bpt["tokens"] == 32  # the 4 x 8 held-out codes
+    assert np.isfinite(bpt["value"]) and bpt["items"] == 2 and bpt["tokens"] == 64  # 4 x 8 held-out codes, twice
     copies = metrics["copy_share"]
     assert 0 <= copies["value"] <= 1 and copies["patches"] == 12 + 4 + 6
     assert copies["samples"]["continuation"]["generated_width_px"] == 2 * 192
-    assert copies["holdout_baseline"]["patches"] == 2
+    assert copies["holdout_baseline"]["patches"] == 4
