@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stage 95: a second, single-image run after this one, when the config names it (top-level key
-# `single_image_run: FILE`, relative to the config's folder; absent or null: skipped). The demo uses it to
-# add the one-image continuation (configs/single_image_demo.yaml) to `./run.sh demo`; every stage of that
-# config runs into its own run_dir, reusing what it finished before, like any run.
+# `single_image_run: FILE`, relative to the config's folder; absent or null: skipped). configs/demo.yaml can
+# add the one-image continuation (configs/single_image.yaml) to `./run.sh demo` this way (off by default);
+# every stage of that config runs into its own run_dir, reusing what it finished before, like any run.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NEXT=$(python - "$CONFIG" <<'PY'
 import sys

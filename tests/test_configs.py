@@ -26,8 +26,7 @@ SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "i
             "sample": SampleSection, "evaluate": EvaluateConfig, "single_image": SingleImageSection}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml",
-                                  "single_image_demo.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml"])
 def test_shipped_configs_parse_for_every_stage(name):
     cfg = load_config(ROOT / "configs" / name)
     assert not set(cfg.raw) - set(SECTIONS) - {"run_dir", "seed", "model", "single_image_run"}, \

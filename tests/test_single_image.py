@@ -313,3 +313,28 @@ def test_after_fine_tuning_the_later_stages_load_the_fine_tuned_export(tmp_path)
     assert vqgan_io.weights_path(cfg) == start  # an export that says nothing of fine-tuning is not used
     vqgan_io.save_vqgan(small_vqgan(1), export, extra={"fine_tuned_from": {"path": str(start), "sha256": "x"}})
     assert vqgan_io.weights_path(cfg) == export
+
+
+def test_stage_95_runs_the_named_single_image_config_or_says_why_not(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "stages" / "95_single_image_run.sh"
+    cfg = tmp_path / "run.yaml"
+
+    def run(text):
+        cfg.write_text(text)
+        return subprocess.run(["bash", str(script), "--config", str(cfg)], capture_output=True, text=True,
+                              timeout=120)
+
+    off = run("run_dir: x\nsingle_image_run: null\n")
+    assert off.returncode == 0 and "SKIPPED" in off.stdout
+    missing = run("run_dir: x\nsingle_image_run: nowhere.yaml\n")
+    assert missing.returncode == 2 and f"config file not found: {tmp_path / 'nowhere.yaml'}" in missing.stderr
+    # a named config runs through run.sh's stages, and its failure is stage 95's: this one has no data, so its
+    # stage 40 finds no manifest
+    (tmp_path / "empty.yaml").write_text(f"run_dir: {tmp_path / 'empty'}\n")
+    chained = run("run_dir: x\nsingle_image_run: empty.yaml\n")
+    assert f"the single-image run of {tmp_path / 'empty.yaml'}" in chained.stdout
+    assert "stage 30_caption.sh finished" in chained.stderr and "manifest missing" in chained.stderr
+    assert chained.returncode != 0
