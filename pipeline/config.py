@@ -37,12 +37,13 @@ T = TypeVar("T")
 SECTIONS = (
     "run_dir", "seed", "profiles",
     "demo_data",  # 00
-    "ingest_images", "ingest_videos", "filter", "caption",  # 10-30
+    "ingest_images", "single_image", "ingest_videos", "filter", "caption",  # 10-30 (12: one large image)
     "vqgan", "train_vqgan", "tokenize",  # 40-50 (`vqgan` is also read by 60's previews and 70)
     "model", "train",  # 60-65
     "sample",  # 70
     "evaluate",  # 80
     "protocol",  # 85: the paper's Tables 1-3
+    "single_image_run",  # 95: a single-image config to run after this one
 )
 
 

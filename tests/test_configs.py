@@ -10,6 +10,7 @@ from pipeline.curation.caption import CaptionConfig
 from pipeline.curation.ingest_images import IngestImagesConfig
 from pipeline.curation.ingest_videos import IngestVideosConfig
 from pipeline.curation.object_filter import FilterConfig
+from pipeline.curation.single_image import SingleImageSection
 from pipeline.demo_data.make import DemoDataConfig
 from pipeline.evaluation.evaluate import EvaluateConfig
 from pipeline.evaluation.protocol import ProtocolSection
@@ -24,13 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "ingest_videos": IngestVideosConfig,
             "filter": FilterConfig, "caption": CaptionConfig, "vqgan": VQGANSection,
             "train_vqgan": TrainVQGANSection, "tokenize": TokenizeSection, "train": TrainSection,
-            "sample": SampleSection, "evaluate": EvaluateConfig, "protocol": ProtocolSection}
+            "sample": SampleSection, "evaluate": EvaluateConfig, "protocol": ProtocolSection,
+            "single_image": SingleImageSection}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml"])
 def test_shipped_configs_parse_for_every_stage(name):
     cfg = load_config(ROOT / "configs" / name)
-    assert not set(cfg.raw) - set(SECTIONS) - {"run_dir", "seed", "model"}, "a section no stage reads"
+    assert not set(cfg.raw) - set(SECTIONS) - {"run_dir", "seed", "model", "single_image_run"}, \
+        "a section no stage reads"
+    if cfg.raw.get("single_image_run"):  # stage 95's follow-up run exists
+        assert cfg.resolve(cfg.raw["single_image_run"]).is_file()
     for section, cls in SECTIONS.items():
         if cfg.has(section):
             cfg.section(section, cls)
@@ -78,7 +83,7 @@ def test_unknown_top_level_sections_are_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: profiles\.video: unknown section\(s\) \['modle'\]"):
         load_config(bad)  # checked even when that profile is not the one asked for
     # every section a stage reads is known (the shipped configs use only those)
-    assert set(SECTIONS) | {"run_dir", "seed", "profiles", "model"} == set(config_module.SECTIONS)
+    assert set(SECTIONS) | {"run_dir", "seed", "profiles", "model", "single_image_run"} == set(config_module.SECTIONS)
 
 
 @pytest.mark.parametrize("text, value", [

@@ -70,6 +70,9 @@ class DemoDataConfig:
     video_fps: float = 10.0
     object_fraction: float = 0.25  # share of videos with a pasted object (for the object filter)
     pan_fraction: float = 0.6  # share of videos with a panning camera
+    # Scene fields fixed for every image (e.g. {time_of_day: day, ground: lake}); the others are drawn as
+    # usual. The single-image run lays one such scene out as a wide panorama (configs/single_image.yaml).
+    scene: dict = dataclasses.field(default_factory=dict)
     seed: int | None = None  # None: the run's top-level seed
     out_dir: str | None = None  # None: run_dir/demo_data
 
@@ -86,6 +89,11 @@ class DemoDataConfig:
         for name in ("object_fraction", "pan_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        fields = {f.name for f in dataclasses.fields(landscape.Scene)} - {"seed"}
+        unknown = sorted(set(self.scene) - fields)
+        if unknown:
+            raise ValueError(f"scene: unknown field(s) {unknown}; known: {sorted(fields)}")
+        fixed_scene(landscape.random_scene(np.random.default_rng(0)), self.scene)  # bad values fail here
 
 
 # ----------------------------------------------------------------------------------------- videos
@@ -230,12 +238,20 @@ def _framing(rng: np.random.Generator, scene: landscape.Scene, height: int, widt
     return int(rng.integers(-4 * height, 4 * height))
 
 
+def fixed_scene(scene: landscape.Scene, fields: dict) -> landscape.Scene:
+    """`scene` with `fields` replaced (Scene's own checks reject bad values with a ValueError)."""
+    if not fields:
+        return scene
+    return dataclasses.replace(scene, **{k: tuple(v) if k == "tint" else v for k, v in fields.items()})
+
+
 def image_items(cfg: DemoDataConfig, seed: int) -> list[ImageItem]:
     height, width = cfg.image_size, cfg.image_width or cfg.image_size
     items = []
     for i in range(cfg.images):
         rng = np.random.default_rng([seed, _IMAGE, i])
         scene = landscape.random_scene(rng)
+        scene = fixed_scene(scene, cfg.scene)
         items.append(ImageItem(f"img_{i:05d}.png", scene, _framing(rng, scene, height, width), height, width))
     return items
 

@@ -13,4 +13,6 @@ Held-out bits per token come from the trainer's own teacher-forced pass, `traini
 protocol samples what each table measures with the sampling stage's public entry point,
 `sampling.sample.run_jobs` (sharding over ranks and resuming come with it); these are the two
 imports from another stage family, listed in tests/test_layout.py.
+For single-image runs, `copying` measures how much of a sample repeats the source's codes verbatim (also
+the copy_share metric), and `figure` lays a long sample out as rows and full-resolution crops.
 """

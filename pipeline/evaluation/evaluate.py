@@ -119,9 +119,10 @@ class EvaluateConfig:
     output_name: str = "metrics.json"
     # bits_per_token: teacher-forced validation loss of the trained renderer on held-out codes
     renderer_export: str | None = None    # default run_dir/train/export
-    validation_tokens: str | None = None  # default run_dir/tokens/images/test
+    validation_tokens: str | None = None  # default run_dir/tokens/images/test (single image: the canvases)
     validation_direction: str = "down-right-forward"
     validation_batch_size: int = 16
+    copy_canvases: str | None = None      # copy_share: the canvases (default run_dir/tokens/single_image)
 
     def __post_init__(self):
         for name in ("block_size", "block_stride", "inception_size", "is_splits", "fvd_frames", "fvd_size",
@@ -355,19 +356,20 @@ def metric_bits_per_token(ctx: EvalContext) -> dict:
     """Validation bits per token (cross-entropy / ln 2) of the exported renderer on held-out token
     grids, teacher-forced patch by patch in one direction (pipeline.training.validate)."""
     from pipeline.formats.renderer_io import CONFIG, WEIGHTS, RendererLoadError, export_dir, load_renderer
-    from pipeline.formats.shards import ShardError, TokenSet
-    from pipeline.training.validate import validation_bits_per_token
+    from pipeline.formats.shards import ShardError
+    from pipeline.training.validate import DataError, held_out_set, validation_bits_per_token
 
     run, cfg = ctx.run_cfg, ctx.cfg
     folder = run.resolve(cfg.renderer_export) if cfg.renderer_export else export_dir(run)
-    tokens = run.resolve(cfg.validation_tokens) if cfg.validation_tokens else run.run_dir / "tokens/images/test"
     if not (folder / CONFIG).is_file():
         raise MetricSkipped(f"no trained renderer export at {folder} (stage 60 has not exported)")
     try:
         renderer, tokenizer = load_renderer(folder, ctx.device)
-        tokenset = TokenSet(tokens)
-    except (RendererLoadError, ShardError) as e:
+        tokenset = held_out_set(run, renderer.cfg, run.resolve(cfg.validation_tokens) if cfg.validation_tokens
+                                else None)
+    except (RendererLoadError, ShardError, DataError) as e:
         raise MetricSkipped(str(e)) from e
+    tokens = tokenset.folder
     if len(tokenset) == 0:
         raise MetricSkipped(f"{tokens}: no held-out items")
     out = validation_bits_per_token(renderer, tokenset, cfg.validation_direction, cfg.validation_batch_size,
@@ -378,8 +380,31 @@ def metric_bits_per_token(ctx: EvalContext) -> dict:
             "bits_per_token_by_patch": out["bits_per_token_by_patch"]}
 
 
+def metric_copy_share(ctx: EvalContext) -> dict:
+    """Single-image runs: the share of generated patches whose codes equal a block of the source's training
+    box, per sample and over all, with the held-out strip's share as the baseline (pipeline.evaluation.copying)."""
+    from pipeline.evaluation.copying import analyse_samples
+    from pipeline.formats.canvas import is_canvas_set
+    from pipeline.formats.renderer_io import model_config
+
+    run = ctx.run_cfg
+    canvases = ctx.path_of("copy_canvases") or run.run_dir / "tokens" / "single_image"
+    if not is_canvas_set(canvases):
+        raise MetricSkipped(f"no single-image canvases at {canvases} (not a single-image run)")
+    if not ctx.generated_dir.is_dir() or not any(ctx.generated_dir.glob("*.codes.npy")):
+        raise MetricSkipped(f"no saved code grids in {ctx.generated_dir} (set sample.save_codes: true)")
+    hp, wp, _ = model_config(run).patch
+    per = analyse_samples(ctx.generated_dir, canvases, (hp, wp))
+    total = sum(r["generated"]["patches"] for r in per.values())
+    copied = sum(r["generated"]["patches"] * (r["generated"]["copy_share"] or 0) for r in per.values())
+    baseline = next((r["holdout_baseline"] for r in per.values() if r["holdout_baseline"]), None)
+    return {"value": copied / total if total else None, "patches": total, "samples": per,
+            "holdout_baseline": baseline, "canvases": str(canvases)}
+
+
 METRICS: dict[str, Callable[[EvalContext], dict]] = {
     "bits_per_token": metric_bits_per_token,
+    "copy_share": metric_copy_share,
     "block_fid": metric_block_fid,
     "inception_score": metric_inception_score,
     "clip_sim": metric_clip_sim,

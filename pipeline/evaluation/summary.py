@@ -18,9 +18,10 @@ from pipeline.errors import entry_point
 SECTIONS = [
     ("demo_data", "procedural landscape images and videos (stage 00)"),
     ("data/images", "image manifest and rejects (stage 10, captions + split by stage 30)"),
+    ("data/single_image", "a single-image run's source: pixels, training and held-out boxes (stage 12)"),
     ("data/videos", "cut clips, object-filter statistics, kept list (stages 15, 20)"),
     ("vqgan", "VQGAN weights and tensorboard (stage 40)"),
-    ("tokens", "token shards (stage 50)"),
+    ("tokens", "token shards, or a single image's code canvases (stage 50)"),
     ("train", "renderer checkpoints, export, tensorboard (stage 60)"),
     ("samples", "panorama, extensions, video (stage 70)"),
     ("eval", "metrics (stage 80)"),

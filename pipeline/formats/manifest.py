@@ -14,6 +14,14 @@ Clip manifest (video ingest -> object filter -> tokenize), one row per cut clip:
     id, path (the clip's MP4: exactly `frames` frames at `fps`, size x size), source (video),
     start (seconds), fps, frames, size, caption, split
 
+Single-image manifest (single-image ingest -> VQGAN training, tokenize), one row per large image that
+is a whole data set by itself (pipeline.curation.single_image):
+    id, path (the source file), source, sha256 (of the source file), width, height (oriented)
+    pixels       an uint8 RGB .npy [height, width, 3] of the oriented image (read memory-mapped: `open_pixels`)
+    box          [x0, y0, x1, y1]: the usable part (sides cut to multiples of the VQGAN factor)
+    train_box    the part to train on; holdout_box the held-out strip at one end ([] when none)
+    caption
+
 Writing is atomic (temporary name + rename); reading checks the columns and names the file.
 """
 
@@ -33,6 +41,9 @@ from pipeline.errors import PipelineError
 IMAGE_COLUMNS = ("id", "path", "source", "width", "height", "crop", "size", "caption", "split")
 CLIP_COLUMNS = ("id", "path", "source", "start", "fps", "frames", "size", "caption", "split")
 IMAGE_MANIFEST = "data/images/manifest.parquet"  # where stages 10-50 find it, relative to run_dir
+SINGLE_IMAGE_COLUMNS = ("id", "path", "source", "sha256", "width", "height", "pixels", "box", "train_box",
+                        "holdout_box", "caption")
+SINGLE_IMAGE_MANIFEST = "data/single_image/manifest.parquet"  # relative to run_dir
 
 
 class ManifestError(PipelineError, RuntimeError):
@@ -117,3 +128,17 @@ def to_rgb(im):
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def open_pixels(row: dict) -> np.ndarray:
+    """The pixels of a single-image manifest row: uint8 [height, width, 3], memory-mapped read-only."""
+    path = Path(row["pixels"])
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise ManifestError(f"{path}: pixels of {row.get('id')} unreadable ({e}); run the single-image ingest "
+                            "again") from e
+    if arr.dtype != np.uint8 or arr.shape != (int(row["height"]), int(row["width"]), 3):
+        raise ManifestError(f"{path}: pixels are {arr.dtype} {arr.shape}, the manifest says uint8 "
+                            f"{(int(row['height']), int(row['width']), 3)}")
+    return arr

@@ -59,26 +59,37 @@ def shard_name(rank: int, index: int) -> str:
 
 
 def write_meta(folder: Path, meta: TokenSetMeta) -> None:
-    if meta.vocab_size > MAX_VOCAB:
-        raise ShardError(f"{folder}: vocab_size {meta.vocab_size} does not fit int16 shards")
-    path = Path(folder) / "meta.json"
-    if path.exists():
-        old = read_meta(folder)
-        if old != meta:
-            raise ShardError(f"{path}: existing token set was made with {old}, this run has {meta}; "
-                             "use a new folder or delete the old one")
-        return
-    atomic.write_json(path, meta.to_json())
+    write_meta_once(folder, meta, meta.to_json(), read_meta, "token set")
 
 
 def read_meta(folder: Path) -> TokenSetMeta:
+    return read_meta_file(folder, TokenSetMeta.from_json, "token set", "tokenisation has not run")
+
+
+def write_meta_once(folder: Path, meta, as_json: dict, read, what: str) -> None:
+    """Write `folder`/meta.json, or check that the one there says the same (`read` parses it); `meta` has a
+    vocab_size, which int16 codes must hold. Shared by token sets and code canvases."""
+    if meta.vocab_size > MAX_VOCAB:
+        raise ShardError(f"{folder}: vocab_size {meta.vocab_size} does not fit int16 codes")
+    path = Path(folder) / "meta.json"
+    if path.exists():
+        old = read(folder)
+        if old != meta:
+            raise ShardError(f"{path}: existing {what} was made with {old}, this run has {meta}; "
+                             "use a new folder or delete the old one")
+        return
+    atomic.write_json(path, as_json)
+
+
+def read_meta_file(folder: Path, parse, what: str, missing: str):
+    """`parse` of `folder`/meta.json; errors name the file (`missing`: why it may not be there)."""
     path = Path(folder) / "meta.json"
     if not path.is_file():
-        raise ShardError(f"{path}: missing (not a token set, or tokenisation has not run)")
+        raise ShardError(f"{path}: missing (not a {what}, or {missing})")
     try:
-        return TokenSetMeta.from_json(atomic.read_json(path))
+        return parse(atomic.read_json(path))
     except (KeyError, ValueError, TypeError) as e:
-        raise ShardError(f"{path}: malformed token-set metadata ({e})") from e
+        raise ShardError(f"{path}: malformed {what} metadata ({e})") from e
 
 
 def write_shard(folder: Path, name: str, codes: np.ndarray, rows: Sequence[dict], meta: TokenSetMeta) -> None:

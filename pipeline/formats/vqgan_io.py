@@ -9,7 +9,9 @@ Config section `vqgan` (shared by stages 40 train, 50 tokenize, 70 sample, 80 ev
       allow_unsafe_pickle: false
 
 `weights: null` means "the weights stage 40 trained": run_dir/vqgan/vqgan.safetensors. For stage 40
-itself it means "start from random weights"; a path there means "fine-tune these".
+itself it means "start from random weights"; a path there means "fine-tune these", and once stage 40 has
+exported the fine-tuned weights (its vqgan.json records `fine_tuned_from` this path), the later stages
+load that export rather than the starting point.
 
 Loading never runs code from the file. Pickle formats go through `torch.load(weights_only=True)`.
 Lightning checkpoints (taming's public `last.ckpt`) also pickle bookkeeping objects of the training
@@ -85,6 +87,11 @@ def weights_path(cfg: RunConfig, section: VQGANSection | None = None, required: 
         path = cfg.resolve(section.weights)
         if not path.is_file():
             raise ConfigError(f"{cfg.path}: vqgan.weights: file not found: {path}")
+        tuned = export_path(cfg)
+        if tuned.is_file() and tuned.with_suffix(".json").is_file():  # stage 40 fine-tuned `path` in this run
+            info = atomic.read_json(tuned.with_suffix(".json"))
+            if isinstance(info, dict) and (info.get("fine_tuned_from") or {}).get("path") == str(path):
+                return tuned
         return path
     path = export_path(cfg)
     if path.is_file():

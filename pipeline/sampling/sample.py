@@ -29,6 +29,10 @@ image_to_video (input first frame, `frames` to predict, fps), batch (prompts_fil
 line, or JSONL objects with "prompt" and optional "name"/"seed"; outputs `<job>/<name>.png`).
 `input` is an image, a video (its first frame) or a Parquet manifest with `input_index` (an image
 row is read with its crop, a clip row by its first frame); `input_crop` [x0, y0, x1, y1] crops it.
+An extension's `input` may also be a code grid `.npy` (a single-image run's canvas, a sample's
+`.codes.npy`) or a canvas-set folder (run_dir/tokens/single_image, `input_index` picks the canvas),
+continued with its codes unchanged (pipeline.sampling.given); a large picture is
+encoded in tiles when `encode_tile` is set.
 Relative paths (input, prompts_file, export_dir, out_dir) are taken from the config file's folder.
 
 Sets (the paper's protocol runs over a whole test split): with `split` (e.g. test; "" = every row)
@@ -75,6 +79,7 @@ from pipeline.sampling.generate import (
     GivenCodes,
     extension_plan,
 )
+from pipeline.sampling.given import check_whole_patches, code_file, encode_picture, read_code_file
 from pipeline.sampling.image_to_video import VIDEO_DIRECTION, encode_frame, image_to_video
 from pipeline.sampling.inputs import load_input as load_picture
 from pipeline.sampling.inputs import manifest_set, read_prompts, row_picture
@@ -118,6 +123,10 @@ class SampleSection:
     device: str = "auto"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     decode_margin: int | None = None
+    # extend: a picture input larger than encode_tile pixels is encoded in tiles with encode_margin pixels of
+    # context (pipeline.sampling.given); null = in one pass
+    encode_tile: int | None = None
+    encode_margin: int = 32
     save_codes: bool = False  # also stream the codes to <name>.codes.npy
     progress: bool = True
     jobs: list[JobConfig] = field(default_factory=list)
@@ -268,23 +277,30 @@ def _run_extend(s: Sampler, job, where, common, sampling, seed, out_dir, summary
     if job.split is not None:
         _run_extend_set(s, job, where, common, sampling, seed, out_dir, summary)
         return
-    picture = load_input(s.cfg, job)
     if job.amount % s.f:
         raise ConfigError(f"{where}: amount {job.amount} is not a multiple of the VQGAN factor {s.f}")
+    codes = picture = None
+    path = code_file(s.cfg.resolve(job.input), job.input_index, f"{where}.input")
+    if path is not None:  # a code grid (a canvas, a sample's codes): used as it is
+        codes = read_code_file(path, job.input_crop, s.f, s.vqgan.config.n_embed, f"{where}.input")
+        h_codes, w_codes = codes.shape[-2:]
+        check_whole_patches(h_codes * s.f, w_codes * s.f, s.renderer.cfg.patch, s.f, where)
+    else:
+        picture = load_input(s.cfg, job)
+        check_whole_patches(*picture.shape[:2], s.renderer.cfg.patch, s.f, where)
+        h_codes, w_codes = picture.shape[0] // s.f, picture.shape[1] // s.f
     hp, wp, _ = s.renderer.cfg.patch
-    if picture.shape[0] % (hp * s.f) or picture.shape[1] % (wp * s.f):
-        raise ConfigError(f"{where}: the input is {picture.shape[0]} x {picture.shape[1]} pixels, not whole patches "
-                          f"of {hp * s.f} x {wp * s.f} pixels; crop it with input_crop")
-    h_codes, w_codes = picture.shape[0] // s.f, picture.shape[1] // s.f
     grid, origin, direction = extension_plan((h_codes, w_codes), job.side, job.amount // s.f, s.renderer.cfg.patch)
     stem = out_dir / job.name
     settings = {**common, "prompt": job.prompt or "", "seed": seed, "direction": direction.name,
                 "input": _input_record(job), "side": job.side, "amount": job.amount,
-                "given_size": list(picture.shape[:2]), "size": [grid.H * hp * s.f, grid.W * wp * s.f]}
+                "given_size": [h_codes * s.f, w_codes * s.f], "size": [grid.H * hp * s.f, grid.W * wp * s.f]}
+    if s.sec.encode_tile is not None and picture is not None:
+        settings["encode"] = {"tile": s.sec.encode_tile, "margin": s.sec.encode_margin}
 
     def make() -> dict:
-        codes = encode_frame(s.vqgan, picture, s.renderer.cfg.patch, where=f"{where}.input")
-        return s.image(grid, direction, [stem], [job.prompt], sampling, seed, where, GivenCodes(codes, origin))
+        given = codes if picture is None else encode_picture(s.vqgan, picture, s.sec.encode_tile, s.sec.encode_margin)
+        return s.image(grid, direction, [stem], [job.prompt], sampling, seed, where, GivenCodes(given, origin))
 
     _emit(beside(stem, ".png"), settings, summary, make)
 

@@ -1,6 +1,6 @@
 """Decode code slabs to pixels as they are generated, in overlapping windows, straight to disk.
 
-Windows (the overlap semantics): the code axis the slabs arrive along (columns for a column
+Windows (the overlap semantics, model.tiles): the code axis the slabs arrive along (columns for a column
 order, rows for a row order) of length n is cut into chunks of `chunk` codes aligned at 0 (the
 sampler's slab thickness, one patch, by default). Chunk [a, b) is decoded from the codes
 [a - margin, b + margin) clipped to [0, n), with every code of the other axis, and only its
@@ -24,12 +24,12 @@ import shutil
 import struct
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from model.tiles import Window, windows
 from pipeline import atomic
 from pipeline.sampling.generate import MemoryLedger, Slab
 
@@ -44,22 +44,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def from_uint8(rgb: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [1, 3, H, W] in [-1, 1] (the VQGAN's input range)."""
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
-
-
-@dataclass(frozen=True)
-class Window:
-    keep: tuple[int, int]  # the codes whose pixels this window writes
-    need: tuple[int, int]  # the codes it decodes
-
-
-def windows(n: int, chunk: int, margin: int) -> list[Window]:
-    if n < 1 or chunk < 1 or margin < 0:
-        raise ValueError(f"windows need n >= 1, chunk >= 1, margin >= 0; got {n}, {chunk}, {margin}")
-    out = []
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        out.append(Window((a, b), (max(0, a - margin), min(n, b + margin))))
-    return out
 
 
 def _decode_window(vqgan, codes: torch.Tensor, dim: int, w: Window, ledger: MemoryLedger | None = None,

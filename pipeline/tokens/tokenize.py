@@ -21,6 +21,10 @@ of producing overlapping shards. Rank 0 merges the index once every planned shar
 Determinism: the model runs in eval mode, float32, without randomness, and a shard's batches are the
 same in every run, so an interrupted-and-resumed run writes the same bytes as an uninterrupted one.
 
+Single-image runs (stage 12 wrote data/single_image/manifest.parquet): each image is encoded whole, in
+tiles of `tile` pixels with `tile_margin` pixels of context (model.tiles.encode_tiled), into a code canvas
+under run_dir/<out>/single_image/ (pipeline.formats.canvas; pipeline.tokens.single_image).
+
 Config section `tokenize` (TokenizeSection); the VQGAN comes from section `vqgan` (pipeline.formats.vqgan_io),
 and its file's sha256 goes into meta.json and every index row.
 """
@@ -51,6 +55,9 @@ log = logging.getLogger("tokenize")
 class TokenizeSection:
     image_manifest: str | None = manifest.IMAGE_MANIFEST  # relative to run_dir; null = no images
     clip_manifest: str | None = "data/videos/kept.parquet"  # relative to run_dir; null = no videos
+    single_image_manifest: str | None = manifest.SINGLE_IMAGE_MANIFEST  # relative to run_dir; null = none
+    tile: int = 256  # single images: encoder tile side in pixels (best: the VQGAN's training crop side)
+    tile_margin: int = 32  # single images: pixels of context around each tile (kept codes see them)
     out: str = "tokens"  # relative to run_dir
     image_size: int | None = None  # None: the manifest's `size` (must be one value)
     clip_size: int | None = None  # None: the clip manifest's `size`
@@ -68,6 +75,8 @@ class TokenizeSection:
             raise ValueError("batch_size and shard_size must be >= 1, num_workers >= 0")
         if self.clip_frames is not None and self.clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1 or null, got {self.clip_frames}")
+        if self.tile < 1 or self.tile_margin < 0:
+            raise ValueError("tile must be >= 1 and tile_margin >= 0")
 
 
 @dataclass
@@ -129,7 +138,7 @@ def _one_value(values: set, what: str, path: Path, option: str) -> int:
     return int(next(iter(values)))
 
 
-def plan_jobs(cfg: RunConfig, sec: TokenizeSection, downsample: int) -> list[TokenJob]:
+def plan_jobs(cfg: RunConfig, sec: TokenizeSection, downsample: int, allow_empty: bool = False) -> list[TokenJob]:
     jobs: list[TokenJob] = []
     sources = [("images", sec.image_manifest, manifest.IMAGE_COLUMNS),
                ("videos", sec.clip_manifest, manifest.CLIP_COLUMNS)]
@@ -164,7 +173,7 @@ def plan_jobs(cfg: RunConfig, sec: TokenizeSection, downsample: int) -> list[Tok
         for split in sorted(by_split):
             folder = cfg.run_dir / sec.out / kind / split
             jobs.append(TokenJob(kind, split, folder, by_split[split], size, frames))
-    if not jobs:
+    if not jobs and not allow_empty:
         raise ConfigError(f"{cfg.path}: nothing to tokenize (looked for {looked or 'no manifests configured'})")
     return jobs
 
@@ -293,6 +302,13 @@ def merge(job: TokenJob, sec: TokenizeSection, world: int, wait_s: float) -> int
     return n
 
 
+def _single_image_manifest(cfg: RunConfig, sec: TokenizeSection) -> Path | None:
+    if sec.single_image_manifest is None:
+        return None
+    path = cfg.run_dir / sec.single_image_manifest
+    return path if path.is_file() else None
+
+
 def pick_device(kind: str, local_rank: int) -> torch.device:
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -314,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     sec = cfg.section("tokenize", TokenizeSection)
     ranks = rank_info()
     downsample = vqgan_io.architecture(cfg).downsample
-    jobs = plan_jobs(cfg, sec, downsample)
+    single = _single_image_manifest(cfg, sec)
+    if single is not None and (sec.tile % downsample or sec.tile_margin % downsample):
+        raise ConfigError(f"{cfg.path}: tokenize.tile {sec.tile} and tile_margin {sec.tile_margin} must be "
+                          f"multiples of the VQGAN's factor {downsample}")
+    jobs = plan_jobs(cfg, sec, downsample, allow_empty=single is not None)
     if args.merge_only:
         for job in jobs:
             world = int(atomic.read_json(job.folder / "plan.json")["world_size"]) if (
@@ -327,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     model, sha, _ = vqgan_io.load_vqgan(cfg, device)
     t0 = time.monotonic()
     summary = []
+    if single is not None:
+        from pipeline.tokens.single_image import read_rows, tokenize_canvases
+
+        folder = cfg.run_dir / sec.out / "single_image"
+        stats = tokenize_canvases(read_rows(single), folder, model, device, sha, sec.tile, sec.tile_margin, ranks,
+                                  sec.batch_size)
+        summary.append(f"single_image: {stats['canvases']} canvas(es) encoded, {stats['skipped']} already done "
+                       f"-> {folder}")
     for job in jobs:
         stats = run_job(model, device, sha, job, sec, ranks)
         summary.append(f"{job.kind}/{job.split}: {stats['items']} encoded, {stats['rejected']} rejected, "

@@ -1,4 +1,4 @@
-"""Stage 40: train (or fine-tune) the VQGAN on the image manifest.
+"""Stage 40: train (or fine-tune) the VQGAN on the image manifest (or on crops of a single large image).
 
     python -m pipeline.tokens.train_vqgan --config run.yaml          # one process
     torchrun --nproc_per_node N -m pipeline.tokens.train_vqgan ...   # data parallel (gloo on CPU, nccl on GPU)
@@ -59,6 +59,9 @@ class TrainVQGANSection:
     splits: tuple[str, ...] = ("train",)  # manifest splits to train on; an empty split counts as "train"
     size: int = 256  # manifest crops are resized to size x size
     random_crop: int | None = None  # train on random windows of this side inside them (None = whole image)
+    # Single-image runs: random crops of random_crop pixels from the training boxes of stage 12's
+    # single-image manifest (pipeline.tokens.single_image) instead of the image manifest's crops.
+    single_image: bool = False
     flip: bool = True  # random horizontal flips
     batch_size: int = 8  # per rank
     steps: int = 20000
@@ -91,6 +94,8 @@ class TrainVQGANSection:
             raise ValueError("lpips_vgg and lpips_lin go together (both paths, or neither)")
         if self.random_crop is not None and not 8 <= self.random_crop <= self.size:
             raise ValueError(f"random_crop must be between 8 and size ({self.size}), got {self.random_crop}")
+        if self.single_image and self.random_crop is None:
+            raise ValueError("single_image needs random_crop (the side of the crops taken from the image)")
         if min(self.log_every, self.image_every, self.ckpt_every, self.keep_checkpoints) < 1:
             raise ValueError("log_every, image_every, ckpt_every and keep_checkpoints must be >= 1")
 
@@ -274,18 +279,26 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
         if disc is not None:
             d_net = torch.nn.parallel.DistributedDataParallel(disc, device_ids=ddp_ids)
 
-    rows = training_rows(cfg.run_dir / sec.manifest if not Path(sec.manifest).is_absolute()
-                         else Path(sec.manifest), sec.splits)
+    if sec.single_image:
+        from pipeline.tokens.single_image import SingleImageCrops, read_rows
+
+        rows = read_rows(cfg.run_dir / manifest.SINGLE_IMAGE_MANIFEST)
+        dataset = SingleImageCrops(rows, sec.random_crop, sec.flip, seed)
+    else:
+        rows = training_rows(cfg.run_dir / sec.manifest if not Path(sec.manifest).is_absolute()
+                             else Path(sec.manifest), sec.splits)
+        dataset = CropDataset(rows, sec.size, sec.flip, seed, sec.random_crop)
     data = torch.utils.data.DataLoader(
-        CropDataset(rows, sec.size, sec.flip, seed, sec.random_crop), num_workers=sec.num_workers,
+        dataset, num_workers=sec.num_workers,
         batch_sampler=StepBatches(len(rows), sec.batch_size, ranks.rank, world, seed, start))
     writer = None
     if main_rank:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"))
-    log.info("training %d -> %d steps on %d images at %dx%d, %d rank(s) x batch %d, device %s",
-             start, sec.steps, len(rows), sec.size, sec.size, world, sec.batch_size, device)
+    side = sec.random_crop if sec.single_image else sec.size
+    log.info("training %d -> %d steps on %d %simages at %dx%d, %d rank(s) x batch %d, device %s", start, sec.steps,
+             len(rows), "crops of single " if sec.single_image else "", side, side, world, sec.batch_size, device)
 
     from tqdm import tqdm
 
@@ -357,6 +370,8 @@ def _train(cfg, sec: TrainVQGANSection, vq_sec, arch, ranks, device: torch.devic
     if main_rank:
         extra = {"steps": sec.steps, "train_size": sec.size, "final_losses": last,
                  "section": dataclasses.asdict(sec)}
+        if start_weights is not None:  # later stages load this export, not the starting point (vqgan_io)
+            extra["fine_tuned_from"] = {"path": str(start_weights), "sha256": atomic.sha256_file(start_weights)}
         sha = vqgan_io.save_vqgan(model, vqgan_io.export_path(cfg), extra=extra)
         writer.close()
         summary = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in last.items())

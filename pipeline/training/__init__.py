@@ -8,6 +8,7 @@ the one thing later stages read.
 
 Entry point: `train` (stage 60, and 65 with `--profile video`). `settings` is the train section and
 what follows from it (DeepSpeed config, schedule, plan); `loop` the patch loop of Algorithm 1; `data`
-the global-batch sampler; `checkpoint` saving and resuming; `monitor` the logs and MFU; `export` the
-consolidated weights; `validate` the teacher-forced held-out bits per token (also used by evaluation).
+the global-batch sampler and, for single-image runs, the windows of code canvases (train.windows);
+`checkpoint` saving and resuming; `monitor` the logs and MFU; `export` the consolidated weights;
+`validate` the teacher-forced held-out bits per token (also used by evaluation).
 """

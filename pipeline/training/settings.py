@@ -24,8 +24,31 @@ OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_ac
 
 
 @dataclass
+class WindowSettings:
+    """`train.windows`: train on windows of code canvases (single-image runs, pipeline.formats.canvas).
+
+    Every epoch draws `per_epoch` windows of `size` patches at random places inside the canvases'
+    training boxes (pipeline.training.data.TrainWindows); all windows have one size, so every batch
+    has one patch grid and the ranks stay in lock-step. `size: null` makes each window the whole
+    training box: the image's whole patch chain as one instance.
+    """
+
+    size: tuple[int, int] | None = None  # [H, W] in patches; None = the whole training box
+    per_epoch: int = 256  # windows per epoch
+    align: Literal["code", "patch"] = "code"  # window corners on any code, or only on the patch grid
+
+    def __post_init__(self):
+        if self.size is not None and min(self.size) < 1:
+            raise ValueError(f"windows.size must be at least [1, 1] patches, got {list(self.size)}")
+        if self.per_epoch < 1:
+            raise ValueError("windows.per_epoch must be >= 1")
+
+
+@dataclass
 class TrainSection:
-    data: str | None = None  # token set folder; default run_dir/tokens/images/train
+    data: str | None = None  # token set folder (default run_dir/tokens/images/train); with `windows`, a canvas
+    # set (default run_dir/tokens/single_image)
+    windows: WindowSettings | None = None
     ds_config: str = "zero2"
     ds_overrides: dict[str, Any] = field(default_factory=dict)
     micro_batch: int = 8
@@ -102,7 +125,9 @@ def checkpoint_dir(cfg: RunConfig, sec: TrainSection) -> Path:
 
 
 def data_dir(cfg: RunConfig, sec: TrainSection) -> Path:
-    return cfg.resolve(sec.data) if sec.data else cfg.run_dir / "tokens" / "images" / "train"
+    if sec.data:
+        return cfg.resolve(sec.data)
+    return cfg.run_dir / "tokens" / ("single_image" if sec.windows is not None else "images/train")
 
 
 # ----------------------------------------------------------------------------- DeepSpeed config

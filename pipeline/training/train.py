@@ -111,7 +111,13 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     from pipeline.ranks import rank_info
     from pipeline.training import universal
     from pipeline.training.checkpoint import CheckpointError, CheckpointStore, check_compatible, compatibility_record
-    from pipeline.training.data import DataError, GlobalBatchSampler, TrainData, check_token_set, training_captions
+    from pipeline.training.data import (
+        DataError,
+        GlobalBatchSampler,
+        make_train_data,
+        open_training_set,
+        training_captions,
+    )
     from pipeline.training.loop import Trainer, mark_zero3_leaf_modules, sync_errors
     from pipeline.training.monitor import TrainMonitor, VQGANPreview, peak_flops
 
@@ -129,7 +135,7 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
     # so that a problem seen by one rank never leaves the others waiting in a collective.
     err, resume_tag, saved_meta, saved_world = None, None, None, world
     try:
-        ts, grid = check_token_set(folder, model_cfg, sec.global_batch)
+        ts, grid, windows = open_training_set(folder, model_cfg, sec.global_batch, sec.windows, seed)
         plan = plan_run(sec, world, len(ts), len(grid))
         ds_raw, ds_path = load_ds_config(cfg, sec)
         ds_cfg, bf16 = finalize_ds_config(ds_raw, sec, world, plan.gas, str(ds_path))
@@ -195,7 +201,7 @@ def run_training(cfg: RunConfig, sec: TrainSection, stop_after_steps: int | None
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
 
     sampler = GlobalBatchSampler(len(ts), sec.global_batch, sec.micro_batch, plan.accumulation, rank, world, seed)
-    data = TrainData(ts, sampler, tokenizer, model_cfg.text_len, sec.text_drop, seed, device)
+    data = make_train_data(ts, windows, sampler, tokenizer, model_cfg.text_len, sec.text_drop, seed, device)
     meta = {"compat": record, "model": model_cfg.to_dict(), "world_size": world, "ds_config": ds_cfg,
             "tokenizer_sha256": tokenizer.sha256 if tokenizer else None,
             "tokenizer_path": str(tok_path) if tokenizer else None, "token_set": str(folder)}

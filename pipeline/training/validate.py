@@ -15,7 +15,9 @@ half of an extension, the predicted frames of a video); every patch still runs, 
 the selected ones see the same context as in the full pass.
 
 The evaluation stage calls `validation_bits_per_token(renderer, tokenset, direction, batch_size,
-tokenizer)` directly.
+tokenizer)` directly, on `held_out_set(run config, ...)`: the test token set, or for a single-image run
+(`train.windows` set) the windows that tile the canvases' held-out strips (pipeline.training.data), of
+the training windows' size.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +37,13 @@ from model.directions import Direction
 from model.patches import get_patch, patch_grid
 from model.pool import ContextPool
 from model.renderer import Renderer
+from pipeline.config import RunConfig
 from pipeline.errors import entry_point
+from pipeline.formats.canvas import CanvasSet, is_canvas_set
 from pipeline.formats.shards import TokenSet
 from pipeline.formats.text_tokenizer import TextTokenizer
+from pipeline.training.data import DataError, WindowSet, holdout_windows, window_codes
+from pipeline.training.settings import read_train_section
 
 log = logging.getLogger("validate")
 
@@ -100,6 +107,21 @@ def validation_bits_per_token(renderer: Renderer, tokenset: TokenSet, direction:
             "bits_per_token_by_patch": (per_patch / np.maximum(per_patch_tokens, 1) / math.log(2)).tolist()}
 
 
+__all__ = ["DataError", "held_out_set", "validation_bits_per_token"]
+
+
+def held_out_set(run: RunConfig, cfg, folder: Path | None = None) -> TokenSet | WindowSet:
+    """The run's held-out data for a model of RenderConfig `cfg`: `folder` (default: the run's canvases when
+    `train.windows` is set, else run_dir/tokens/images/test), a token set or a canvas set's held-out windows."""
+    windows = read_train_section(run).windows
+    if folder is None:
+        folder = run.run_dir / "tokens" / ("single_image" if windows is not None else "images/test")
+    if not is_canvas_set(folder):
+        return TokenSet(folder)
+    size = window_codes(windows, cfg) if windows is not None and windows.size is not None else None
+    return holdout_windows(CanvasSet(folder), size, cfg.patch)
+
+
 @entry_point(user_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     from pipeline import atomic
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--export", default=None, help="export folder (default run_dir/train/export)")
-    ap.add_argument("--data", default=None, help="token set (default run_dir/tokens/images/test)")
+    ap.add_argument("--data", default=None, help="token set or canvas set (default: the run's held-out data)")
     ap.add_argument("--direction", default="down-right-forward")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-items", type=int, default=None)
@@ -119,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     renderer, tokenizer = load_renderer(cfg.resolve(args.export) if args.export else export_dir(cfg), args.device)
-    data = cfg.resolve(args.data) if args.data else cfg.run_dir / "tokens" / "images" / "test"
-    result = validation_bits_per_token(renderer, TokenSet(data), args.direction, args.batch_size, tokenizer,
+    tokenset = held_out_set(cfg, renderer.cfg, cfg.resolve(args.data) if args.data else None)
+    data = tokenset.folder
+    result = validation_bits_per_token(renderer, tokenset, args.direction, args.batch_size, tokenizer,
                                        args.max_items, seed=cfg.seed, progress=True)
     result["token_set"] = str(data)
     text = json.dumps(result, indent=2)
