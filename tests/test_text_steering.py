@@ -5,7 +5,8 @@ other words. Trained briefly with the real render-and-optimize loop (pipeline.tr
 one optimizer step per patch, random direction per batch), the captions dropped with the trainer's own
 per-item decisions (10%). The first token of the first patch sees nothing but its caption (the pool
 is empty): with the caption its loss must approach log 4 (one of the colour's 4 codes), without it
-stay near log 16; classifier-free guidance must move drawn tokens towards the named colour.
+stay near log 16; the drawn tokens must name the caption's colour, with classifier-free guidance at least
+as often.
 """
 
 import math
@@ -82,7 +83,10 @@ def test_caption_alone_steers_the_first_patch_and_guidance_moves_samples_towards
     model = Renderer(cfg)
     engine = PlainEngine(model, 3e-3)
     grid = patch_grid((1, 4, 4), cfg.patch)
-    for b in range(120):  # 120 batches of 16: 480 optimizer steps, seconds
+    # 300 batches of 16: 1200 optimizer steps, 15 s. At 120 batches both branches were still moving: the
+    # unconditional one sat above log 16 (worse than uniform) and guidance against it drew the named colour
+    # less often (0.67 against 0.70), with the order flipping with the thread count.
+    for b in range(300):
         idx = np.random.default_rng([0, b]).choice(len(codes), 16, replace=False)
         ids, mask = tokenizer.encode([captions[i] for i in idx], cfg.text_len)
         dropped = torch.from_numpy(text_drop_decisions(0, DataPosition(0, b), 16, 0.1))
@@ -90,19 +94,20 @@ def test_caption_alone_steers_the_first_patch_and_guidance_moves_samples_towards
         model.train()
         train_batch(engine, [MicroBatch(codes[idx], ids.masked_fill(~mask, 0), mask, [])], grid, DIRECTIONS[b % 4],
                     cfg)
-    assert engine.global_steps == 120 * len(grid)
+    assert engine.global_steps == 300 * len(grid)
     model.eval()
     ids, mask = tokenizer.encode(test_captions, cfg.text_len)
     first = DIRECTIONS[0]
     cond = first_token_loss(model, test_codes, ids, mask, first)
     uncond = first_token_loss(model, test_codes, torch.zeros_like(ids), torch.zeros_like(mask), first)
     # log 4 = 1.39 is the best with the caption; without it the colour is unknown: log 16 = 2.77 at best.
-    # (Measured over seeds and batch counts, the first token's loss moves up and down from one evaluation
-    # to the next by up to 1 nat: its only signal is 1 of the 4 optimizer steps of each batch.)
-    assert cond < math.log(4) + 0.6 and uncond > cond + 1.0, (cond, uncond)
+    # (Measured: 1.40-1.43 with, 2.82-3.04 without, over drop rates 0.1-0.2 and thread counts.)
+    assert cond < math.log(4) + 0.3 and uncond > cond + 1.0, (cond, uncond)
 
-    # classifier-free guidance: first tokens drawn with cfg_scale 3 name the caption's colour more often
+    # The drawn first tokens name the caption's colour; classifier-free guidance (cfg_scale 3) draws it at
+    # least as often. 8 draws per test caption (512), so a hit rate is known to about 0.01.
     coord = first.schedule(grid)[0]
+    ids, mask, test_colour = ids.repeat(8, 1), mask.repeat(8, 1), test_colour.repeat(8)
     hits = {}
     for scale in (1.0, 3.0):
         rows_ids, rows_mask = (ids, mask) if scale == 1.0 else (torch.cat([ids, torch.zeros_like(ids)]),
@@ -112,4 +117,4 @@ def test_caption_alone_steers_the_first_patch_and_guidance_moves_samples_towards
                                  torch.Generator().manual_seed(0), direction=first)
         hits[scale] = float((tokens[:, 0] // 4 == test_colour).float().mean())
     print(f"first-token loss with the caption {cond:.3f}, without {uncond:.3f}; colour hits by cfg_scale {hits}")
-    assert hits[3.0] > hits[1.0] and hits[3.0] >= 0.9, hits
+    assert hits[1.0] >= 0.9 and hits[3.0] >= max(hits[1.0], 0.98), hits
