@@ -5,6 +5,8 @@
 #   ./run.sh test [pytest args]           set up, then the test suite
 #   ./run.sh stages 30-50 --config C.yaml run the stages numbered 30..50 of stages/ for config C
 #   ./run.sh stages all --config C.yaml   every stage
+#   ./run.sh ablate NAME --config C.yaml  the paper's ablation NAME (renderer, size, rpe, transfer, loss_region,
+#                                         expansion, render_size, seed, or all): train, measure, tabulate
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
 #
 # Set-up is idempotent and cached: the venv is rebuilt only when pyproject.toml changes.
@@ -91,7 +93,13 @@ case "$cmd" in
     range="$1"; shift
     run_stages "$range" "$@"
     ;;
+  ablate)
+    [ $# -ge 1 ] || { log "usage: ./run.sh ablate NAME --config FILE"; exit 2; }
+    setup
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    exec "$VENV/bin/python" -m pipeline.ablation.ablate "$@"
+    ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) log "unknown command '$cmd'"; sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) log "unknown command '$cmd'"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = {"pipeline", "pipeline.config", "pipeline.atomic", "pipeline.ranks"}
-FAMILIES = ("curation", "tokens", "training", "sampling", "evaluation", "demo_data")
+FAMILIES = ("curation", "tokens", "training", "sampling", "evaluation", "demo_data", "ablation")
 # The only import from one stage family into another (documented in pipeline/__init__.py).
 ALLOWED_CROSS = {("evaluation", "pipeline.training.validate")}
 

@@ -249,8 +249,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(e.g. the demo's video renderer)")
     ap.add_argument("--print-nproc", action="store_true",
                     help="print train.nproc_per_node and exit (used by stages/60_train.sh)")
+    ap.add_argument("--print-plan", action="store_true",
+                    help="print the run's plan (batches per epoch, optimizer steps...) as JSON and exit "
+                         "(used by pipeline.ablation)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     return ap.parse_args(argv)
+
+
+def print_plan(config: str, profile: str | None) -> int:
+    """The plan (pipeline.training.settings.Plan) for train.nproc_per_node ranks, as one JSON line."""
+    import dataclasses
+    import json
+
+    from pipeline.formats.renderer_io import model_config
+    from pipeline.training.data import DataError, check_token_set
+
+    try:
+        cfg = load_config(config, profile)
+        sec = read_train_section(cfg)
+        ts, grid = check_token_set(data_dir(cfg, sec), model_config(cfg), sec.global_batch)
+        plan = plan_run(sec, sec.nproc_per_node, len(ts), len(grid))
+    except (ConfigError, DataError) as e:
+        print(f"pipeline.training.train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({**dataclasses.asdict(plan), "patches_per_item": len(grid), "epochs": sec.epochs,
+                      "nproc_per_node": sec.nproc_per_node}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pipeline.training.train: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.print_plan:
+        return print_plan(args.config, args.profile)
     set_by_us = ensure_launcher_env()
     rank = int(os.environ["RANK"])
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
