@@ -6,6 +6,8 @@
     training/    stages 60-65    render-and-optimize on DeepSpeed: loop, data, checkpoints, telemetry, export
     sampling/    stage 70        any size, any direction, extension, image-to-video, streamed to disk
     evaluation/  stages 80-90    held-out bits per token, Block-FID, IS, CLIP-SIM, FVD, the run summary
+    ablation/    ./run.sh ablate the paper's ablations (Table 4, Fig. 7): variants trained and measured by
+                                 running the stages above as subprocesses, tables, JSON and curves
     bench/                       benchmarks that print JSON (`python -m pipeline.bench NAME`)
 
 What passes between stages lives in `formats/` (manifests, token shards, clips, VQGAN weights, the

@@ -154,3 +154,54 @@ def test_every_variant_of_the_shipped_config_is_a_valid_run(tmp_path):
             plan = plan_run(sec, sec.nproc_per_node, 32, (16 // grid[0]) * (16 // grid[1]))
             assert plan.batches_per_epoch == 2 and sec.epochs == raw["ablate"]["train"]["epochs"]
             assert sec.nproc_per_node == 1 and sec.sample_every == 0 and model.vocab_size == 64
+
+
+def test_paper_metrics_run_only_with_weights_and_from_absolute_paths(tmp_path):
+    from pipeline.ablation import paper_metrics
+    from pipeline.config import from_dict
+    from pipeline.evaluation.evaluate import EvaluateConfig
+    from pipeline.sampling.sample import SampleSection, check_jobs
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(config)
+    assert paper_metrics.wanted(cfg) == []
+    assert paper_metrics.skipped_without_weights(cfg) == {
+        "block_fid": "no Inception weights configured (evaluate.inception_weights)",
+        "inception_score": "no Inception weights configured (evaluate.inception_weights)",
+        "clip_sim": "no CLIP model configured (evaluate.clip_model)"}
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "inception.pth").write_bytes(b"0")
+    vqgan = tmp_path / "runs" / "demo" / "vqgan" / "vqgan.safetensors"  # stage 40's output (the default)
+    vqgan.parent.mkdir(parents=True)
+    vqgan.write_bytes(b"0")
+    raw["evaluate"]["inception_weights"] = "../weights/inception.pth"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(config)
+    assert paper_metrics.wanted(cfg) == ["block_fid", "inception_score"]
+    assert paper_metrics.skipped_without_weights(cfg) == {"clip_sim": "no CLIP model configured (evaluate.clip_model)"}
+    sections = paper_metrics.variant_sections(cfg)
+    assert sections["vqgan"]["weights"] == str(vqgan)
+    ev = sections["evaluate"]
+    assert ev["metrics"] == ["block_fid", "inception_score"]
+    assert ev["inception_weights"] == str(tmp_path / "weights" / "inception.pth")
+    assert ev["reference"] == str(tmp_path / "runs" / "demo" / "data" / "images" / "manifest.parquet")
+    jobs = sections["sample"]["jobs"]
+    assert [j["name"] for j in jobs] == [j["name"] for j in raw["sample"]["jobs"] if j["mode"] != "image_to_video"]
+    assert all(Path(j["input"]).is_absolute() for j in jobs if "input" in j)
+    check_jobs(from_dict(SampleSection, sections["sample"]), "variant")
+    from_dict(EvaluateConfig, ev)
+
+
+def test_curve_takes_only_checkpoints_saved_at_the_end_of_an_epoch(tmp_path):
+    from pipeline import atomic
+    from pipeline.training.checkpoint import META_NAME, CheckpointStore
+    from pipeline.training.curve import epoch_end_tags
+
+    for step, epoch, batch in ((8, 1, 0), (12, 1, 1), (16, 2, 0), (20, 2, 1)):  # 12 and 20: stopped mid-epoch
+        atomic.write_json(tmp_path / f"global_step{step}" / META_NAME, {"position": {"epoch": epoch, "batch": batch}})
+    (tmp_path / "global_step24").mkdir()  # an incomplete save: no meta
+    assert epoch_end_tags(CheckpointStore(tmp_path)) == [("global_step8", 1), ("global_step16", 2)]

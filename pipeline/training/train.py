@@ -24,7 +24,8 @@ override. The export uses zero_to_fp32, so the ZeRO stage must be 1, 2 or 3.
 
 Run-control flags (not part of the config, so a resumed run is checked against the same settings):
 `--stop-after-steps K` stops at the first batch boundary at or after optimizer step K, saves and
-exits (SIGTERM / SIGINT do the same at the end of the current batch); `--no-export`.
+exits (SIGTERM / SIGINT do the same at the end of the current batch); `--no-export`; `--print-nproc` and
+`--print-plan` (batches per epoch, optimizer steps, warm-up, as JSON) print and exit.
 """
 
 from __future__ import annotations
