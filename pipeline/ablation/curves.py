@@ -25,12 +25,8 @@ def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     raw = span / max(1, n - 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    out, t = [], start
-    while t <= hi + step * 1e-9:
-        out.append(round(t, 10))
-        t += step
-    return out
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(k * step, 10) for k in range(first, max(last, first + 1) + 1)]
 
 
 def draw(result: dict, path: str | Path) -> None:
@@ -50,7 +46,7 @@ def draw(result: dict, path: str | Path) -> None:
     def px(epoch: float, bits: float) -> tuple[float, float]:
         return (LEFT + (epoch - x_lo) / (x_hi - x_lo) * pw, TOP + (y1 - bits) / (y1 - y0) * ph)
 
-    d.text((LEFT, 14), result["title"], fill="black", font=font)
+    d.text((LEFT, 8), result["title"], fill="black", font=font)
     for t in yt:
         _, y = px(x_lo, t)
         d.line([(LEFT, y), (LEFT + pw, y)], fill=(230, 230, 230))
@@ -62,11 +58,11 @@ def draw(result: dict, path: str | Path) -> None:
         d.text((x, TOP + ph + 8), str(e), fill="black", font=small, anchor="mt")
     d.rectangle([LEFT, TOP, LEFT + pw, TOP + ph], outline="black")
     d.text((LEFT + pw / 2, H - 40), "epoch", fill="black", font=font, anchor="mt")
-    d.text((12, TOP - 22), "held-out bits per token (lower is better)", fill="black", font=small)
+    d.text((12, TOP - 18), "held-out bits per token (lower is better)", fill="black", font=small)
     for i, r in enumerate(rows):
         color = COLORS[i % len(COLORS)]
         points = [px(e, b) for e, b in enumerate(r["bits_per_token"], start=1)]
-        width = 4 if r["default"] else 2
+        width = 5 if r["default"] else 3
         if len(points) > 1:
             d.line(points, fill=color, width=width, joint="curve")
         for x, y in points:
