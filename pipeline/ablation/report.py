@@ -129,11 +129,12 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if v["pairs"]:
-        pairs = "; ".join(f"{p['paper_better']} < {p['paper_worse']} by {p['bits_gap']:+.4f} bits "
+        pairs = "; ".join(f"{p['paper_better']} is {abs(p['bits_gap']):.4f} bits "
+                          f"{'below' if p['bits_gap'] > 0 else 'above'} {p['paper_worse']} "
                           f"({'as the paper' if p['agrees'] else 'against the paper'})" for p in v["pairs"])
         word = "agrees with" if v["agrees"] else "does not agree with"
-        lines.append(f"Held-out bits per token, the paper's better row first: {pairs}. Our order "
-                     f"({' < '.join(v['our_order'])}) {word} the paper's quality order.")
+        lines.append(f"Held-out bits per token, each row the paper ranks better against the next: {pairs}. Our "
+                     f"order, best first ({', '.join(v['our_order'])}), {word} the paper's.")
     if v["left_out"]:
         lines.append(f"Left out of the comparison (bits not comparable): {', '.join(v['left_out'])}.")
     skipped = {}

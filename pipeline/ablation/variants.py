@@ -62,6 +62,8 @@ def build(base: RenderConfig, large: dict, expansions: list[int], render_sizes: 
     ar = {"renderer": "ar"}
     e_f = base.expand[2]
     bigger = larger_model(base, large)
+    small_name = f"base ({base.n_layer} x {base.d_model})"
+    large_name = f"large ({bigger.get('n_layer', base.n_layer)} x {bigger.get('d_model', base.d_model)})"
     # The run's own window and patch are the default rows, so they are always measured.
     e_default, side = base.expand[0], base.patch[0]
     expansions = sorted(set(expansions) | {e_default})
@@ -77,11 +79,11 @@ def build(base: RenderConfig, large: dict, expansions: list[int], render_sizes: 
         ), ("AR", "P-NAR", "NAR"),
             "AR renders best and slowest; NAR is 95x and P-NAR 15x faster, quality the other way"),
         Ablation("size", "Table 4b: model size", ("parameters", "depth x width", "Block-FID"), (
-            Variant("base", {**ar, "n_layer": base.n_layer, "d_model": base.d_model, "n_head": base.n_head},
+            Variant(small_name, {**ar, "n_layer": base.n_layer, "d_model": base.d_model, "n_head": base.n_head},
                     default=True, paper={"parameters": "202M", "depth x width": "16 x 768", "Block-FID": 10.05}),
-            Variant("large", {**ar, **bigger},
+            Variant(large_name, {**ar, **bigger},
                     paper={"parameters": "809M", "depth x width": "24 x 1280", "Block-FID": 9.71}),
-        ), ("large", "base"), "the larger model is better"),
+        ), (large_name, small_name), "the larger model is better"),
         Ablation("rpe", "Table 4c: relative position embedding", ("Block-FID", "Block-FID (x4)"), (
             Variant("Pre-RPE", {**ar, "rpe": "pre"}, default=True, paper={"Block-FID": 10.05, "Block-FID (x4)": 17.78}),
             Variant("Post-RPE", {**ar, "rpe": "post"}, paper={"Block-FID": 10.47, "Block-FID (x4)": 18.89}),
