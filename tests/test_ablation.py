@@ -60,8 +60,8 @@ def test_the_default_is_one_variant_in_every_ablation(tokens, tmp_path):
     assert len(defaults) == 1
     shared_by = keys[defaults.pop()]
     assert len(shared_by) == len(ablations)  # every ablation's default row, and nothing else
-    # renderer 2 + size 1 + rpe 1 + transfer 1 + loss region 1 + expansion 3 + render size 2 + seed 1, + the default
-    assert len(keys) == 13
+    # renderer 2 + size 1 + rpe 1 + transfer 1 + loss region 1 + expansion 3 + render size 2 + seeds 2, + the default
+    assert len(keys) == 14
     large = ablations["size"].variants[1]
     assert (large.model["n_layer"], large.model["d_model"], large.model["n_head"]) == (3, 112, 7)
 
@@ -79,6 +79,8 @@ def test_convergence_epochs_and_verdict():
     v = report.verdict(a, rows)
     assert v["agrees"] is False and v["our_order"] == ["bad", "good"] and v["left_out"] == ["odd"]
     assert v["pairs"] == [{"paper_better": "good", "paper_worse": "bad", "bits_gap": -0.1, "agrees": False}]
+    sp = report.spread(rows)  # the comparable rows only
+    assert (sp["rows"], sp["min"], sp["max"]) == (2, 2.9, 3.0) and abs(sp["std"] - 0.1 / 2 ** 0.5) < 1e-9
 
 
 def test_harness_settings_it_owns_are_refused(tokens, tmp_path, capsys, caplog):

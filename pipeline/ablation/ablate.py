@@ -15,7 +15,7 @@ run_dir/ablations):
     NAME/speed.json     the sampling bench's output (re-timed only when a variant's weights change)
 
 A finished variant is never trained again (its done.json); an interrupted one resumes. `seed` is not a
-paper ablation: it trains the default a second time with another seed, which says how large a
+paper ablation: it trains the default again with `ablate.extra_seeds` other seeds, which says how large a
 difference between two rows the seed alone can make.
 """
 
@@ -39,11 +39,11 @@ log = logging.getLogger("ablate")
 ALL = (*NAMES, "seed")
 
 
-def seed_ablation(seed: int) -> Ablation:
+def seed_ablation(seed: int, extra: int) -> Ablation:
     ar = {"renderer": "ar"}
-    return Ablation("seed", "Seed noise (not in the paper): the default trained with a second seed", (), (
-        Variant(f"seed {seed}", ar, default=True), Variant(f"seed {seed + 1}", ar, {"seed": seed + 1}),
-    ), (), "-")
+    others = tuple(Variant(f"seed {seed + k}", ar, {"seed": seed + k}) for k in range(1, extra + 1))
+    return Ablation("seed", "Seed noise (not in the paper): the default trained with other seeds", (), (
+        Variant(f"seed {seed}", ar, default=True), *others), (), "-")
 
 
 def prepare(cfg: RunConfig) -> tuple[Shared, dict[str, Ablation], dict]:
@@ -63,7 +63,7 @@ def prepare(cfg: RunConfig) -> tuple[Shared, dict[str, Ablation], dict]:
     base = model_config(RunConfig(cfg.path, {"model": base_model}))
     ablations = build(base, sec.large, sec.expansions, sec.render_sizes)
     seed = cfg.seed if base_train.get("seed") is None else int(base_train["seed"])
-    ablations["seed"] = seed_ablation(seed)
+    ablations["seed"] = seed_ablation(seed, sec.extra_seeds)
     shared = Shared(cfg=cfg, sec=sec, root=ablations_dir(cfg, sec), data=data, validation=validation,
                     base_model=base_model, base_train=base_train, tokens_id=tokens,
                     metrics=paper_metrics.wanted(cfg), metrics_skipped=paper_metrics.skipped_without_weights(cfg))
@@ -116,6 +116,8 @@ def run_ablation(shared: Shared, ablation: Ablation, settings: dict) -> dict:
               "paper_columns": list(ablation.paper_columns), "settings": {**settings, "speed": speed_settings}}
     result["rows"] = report.rows(ablation, records, speed, shared.sec.convergence_tolerance)
     result["verdict"] = report.verdict(ablation, result["rows"])
+    if not ablation.better_first:  # no order to check (the seed ablation): how far apart the rows are
+        result["spread"] = report.spread(result["rows"])
     folder = shared.root / ablation.name
     text = report.markdown(result)
     atomic.write_json(folder / "results.json", result)

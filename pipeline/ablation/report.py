@@ -88,6 +88,14 @@ def verdict(ablation: Ablation, table: list[dict]) -> dict:
             "left_out": [r["label"] for r in table if not r["bits_comparable"]]}
 
 
+def spread(table: list[dict]) -> dict:
+    """How far apart the rows' final held-out bits are (the seed ablation: the noise of one run)."""
+    bits = [r["final_bits"] for r in table if r["bits_comparable"]]
+    mean = sum(bits) / len(bits)
+    std = (sum((b - mean) ** 2 for b in bits) / max(1, len(bits) - 1)) ** 0.5
+    return {"rows": len(bits), "min": min(bits), "max": max(bits), "range": max(bits) - min(bits), "std": std}
+
+
 def _num(x, fmt: str = "{:.3f}") -> str:
     if x is None:
         return "-"
@@ -112,7 +120,8 @@ def markdown(result: dict) -> str:
         "parameters", f"held-out bits/token after {epochs} epochs ↓", "best (epoch)", "converged at epoch",
         "reaches default's best at epoch", "patches/s", "speed vs default", "training s"] + [
         METRIC_NAMES[m] for m in measured]
-    lines = [f"### {result['title']}", "", f"Paper: {result['claim']}.", "",
+    claim = [f"Paper: {result['claim']}.", ""] if result["claim"] != "-" else []
+    lines = [f"### {result['title']}", "", *claim,
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows_:
         comparable = r["bits_comparable"]
@@ -135,6 +144,10 @@ def markdown(result: dict) -> str:
         word = "agrees with" if v["agrees"] else "does not agree with"
         lines.append(f"Held-out bits per token, each row the paper ranks better against the next: {pairs}. Our "
                      f"order, best first ({', '.join(v['our_order'])}), {word} the paper's.")
+    if result.get("spread"):
+        sp = result["spread"]
+        lines.append(f"Final held-out bits over these {sp['rows']} runs: {sp['min']:.4f} to {sp['max']:.4f} (range "
+                     f"{sp['range']:.4f}, standard deviation {sp['std']:.4f} bits).")
     if v["left_out"]:
         lines.append(f"Left out of the comparison (bits not comparable): {', '.join(v['left_out'])}.")
     skipped = {}

@@ -13,6 +13,7 @@
       render_sizes: [2, 4, 8]               # patch sides (h_p = w_p, in codes) of Fig. 7a
       speed: {codes: null, batch: 1, repeats: 3}   # codes null: the token set's own image size
       cpu_threads: null                     # OMP_NUM_THREADS of every subprocess (null: the environment's)
+      extra_seeds: 2                        # the `seed` ablation: the default again with seed+1, seed+2
 
 Every variant of every ablation trains from the same token set, seed and budget; only its own
 switches differ from the model and train sections.
@@ -55,6 +56,7 @@ class AblateSection:
     expansions: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     render_sizes: list[int] = field(default_factory=lambda: [2, 4, 8])
     speed: SpeedSettings = field(default_factory=SpeedSettings)
+    extra_seeds: int = 2  # the `seed` ablation: the default again with seeds seed+1 .. seed+extra_seeds
     # CPU threads of every subprocess (OMP_NUM_THREADS); None leaves the environment's. Small models on a
     # shared CPU run much faster on one thread per process than on several.
     cpu_threads: int | None = None
@@ -69,6 +71,8 @@ class AblateSection:
             problems.append("validation_batch_size must be >= 1")
         if not 0 < self.convergence_tolerance < 1:
             problems.append("convergence_tolerance must be in (0, 1)")
+        if self.extra_seeds < 1:
+            problems.append("extra_seeds must be >= 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             problems.append("cpu_threads must be >= 1")
         if not self.expansions or min(self.expansions) < 0:
