@@ -7,6 +7,8 @@
 #   ./run.sh stages all --config C.yaml   every stage
 #   ./run.sh protocol table1 --config C.yaml   the paper's Table 1 (or table2, table3; none = every one the
 #                                         config's protocol section names): stage 85 for those tables
+#   ./run.sh ablate NAME --config C.yaml     the paper's ablation NAME (renderer, size, rpe, transfer, loss_region,
+#                                            expansion, render_size, seed, or all): train, measure, tabulate
 #   ./run.sh setup                        only create/refresh the venv (.venv in the checkout)
 #   ./run.sh gpu-wheels                   put DeepSpeed and what it needs as wheels in .whl/ (for a bare GPU machine)
 #   ./run.sh gpu-check [--dir D]          on a GPU machine: tests + benches in one JSON (no venv; docs/gpu_check.md)
@@ -130,6 +132,12 @@ case "$cmd" in
   protocol)
     setup
     run_stages 85 "$@"
+    ;;
+  ablate)
+    [ $# -ge 1 ] || { log "usage: ./run.sh ablate NAME --config FILE"; exit 2; }
+    setup
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    exec "$VENV/bin/python" -m pipeline.ablation.ablate "$@"
     ;;
   help|-h|--help)
     usage ;;

@@ -7,6 +7,8 @@
     sampling/    stage 70        any size, any direction, extension, image-to-video, streamed to disk
     evaluation/  stages 80-90    held-out bits per token, Block-FID, IS, CLIP-SIM, FVD, the paper's
                                  Tables 1-3 as commands (85), the run summary
+    ablation/    ./run.sh ablate the paper's ablations (Table 4, Fig. 7): variants trained and measured by
+                                 running the stages above as subprocesses, tables, JSON and curves
     bench/                       benchmarks that print JSON (`python -m pipeline.bench NAME`)
 
 What passes between stages lives in `formats/` (manifests, token shards, clips, VQGAN weights, the

@@ -44,6 +44,7 @@ SECTIONS = (
     "evaluate",  # 80
     "protocol",  # 85: the paper's Tables 1-3
     "single_image_run",  # 95: a single-image config to run after this one
+    "ablate",  # ./run.sh ablate: the paper's ablations (pipeline.ablation)
 )
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as config_module
+from pipeline.ablation.settings import AblateSection
 from pipeline.config import ConfigError, load_config, load_yaml
 from pipeline.curation.caption import CaptionConfig
 from pipeline.curation.ingest_images import IngestImagesConfig
@@ -26,10 +27,11 @@ SECTIONS = {"demo_data": DemoDataConfig, "ingest_images": IngestImagesConfig, "i
             "filter": FilterConfig, "caption": CaptionConfig, "vqgan": VQGANSection,
             "train_vqgan": TrainVQGANSection, "tokenize": TokenizeSection, "train": TrainSection,
             "sample": SampleSection, "evaluate": EvaluateConfig, "protocol": ProtocolSection,
-            "single_image": SingleImageSection}
+            "single_image": SingleImageSection, "ablate": AblateSection}
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper_lhqc.yaml", "paper_lhqv.yaml", "single_image.yaml",
+                                  "ablations.yaml"])
 def test_shipped_configs_parse_for_every_stage(name):
     cfg = load_config(ROOT / "configs" / name)
     assert not set(cfg.raw) - set(SECTIONS) - {"run_dir", "seed", "model", "single_image_run"}, \

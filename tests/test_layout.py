@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = {"pipeline", "pipeline.config", "pipeline.atomic", "pipeline.ranks", "pipeline.errors", "pipeline.lifeline"}
-FAMILIES = ("curation", "tokens", "training", "sampling", "evaluation", "demo_data")
+FAMILIES = ("curation", "tokens", "training", "sampling", "evaluation", "demo_data", "ablation")
 # The only imports from one stage family into another (documented in pipeline/__init__.py):
 # - evaluation measures held-out bits per token with the trainer's own teacher-forced pass;
 # - the paper's protocol (evaluation/protocol.py) samples exactly what each table measures through

@@ -24,7 +24,8 @@ override. The export uses zero_to_fp32, so the ZeRO stage must be 1, 2 or 3.
 
 Run-control flags (not part of the config, so a resumed run is checked against the same settings):
 `--stop-after-steps K` stops at the first batch boundary at or after optimizer step K, saves and
-exits (SIGTERM / SIGINT do the same at the end of the current batch); `--no-export`.
+exits (SIGTERM / SIGINT do the same at the end of the current batch); `--no-export`; `--print-nproc` and
+`--print-plan` (batches per epoch, optimizer steps, warm-up, as JSON) print and exit.
 """
 
 from __future__ import annotations
@@ -274,8 +275,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(e.g. the demo's video renderer)")
     ap.add_argument("--print-nproc", action="store_true",
                     help="print train.nproc_per_node and exit (used by stages/60_train.sh)")
+    ap.add_argument("--print-plan", action="store_true",
+                    help="print the run's plan (batches per epoch, optimizer steps...) as JSON and exit "
+                         "(used by pipeline.ablation)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     return ap.parse_args(argv)
+
+
+def print_plan(config: str, profile: str | None) -> int:
+    """The plan (pipeline.training.settings.Plan) for train.nproc_per_node ranks, as one JSON line."""
+    import dataclasses
+    import json
+
+    from pipeline.formats.renderer_io import model_config
+    from pipeline.training.data import check_token_set
+
+    cfg = load_config(config, profile)
+    sec = read_train_section(cfg)
+    ts, grid = check_token_set(data_dir(cfg, sec), model_config(cfg), sec.global_batch)
+    plan = plan_run(sec, sec.nproc_per_node, len(ts), len(grid))
+    print(json.dumps({**dataclasses.asdict(plan), "patches_per_item": len(grid), "epochs": sec.epochs,
+                      "nproc_per_node": sec.nproc_per_node}))
+    return 0
 
 
 @entry_point
@@ -284,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_nproc:
         print(read_train_section(load_config(args.config, args.profile)).nproc_per_node)
         return 0
+    if args.print_plan:
+        return print_plan(args.config, args.profile)
     set_by_us = ensure_launcher_env()
     rank = int(os.environ["RANK"])
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
