@@ -34,6 +34,7 @@ import torch
 from model.config import RenderConfig
 from model.renderer import Renderer
 from pipeline import atomic
+from pipeline.errors import entry_point
 from pipeline.formats.shards import TokenSet
 from pipeline.formats.text_tokenizer import TextTokenizer
 from pipeline.training.checkpoint import CheckpointError, CheckpointStore, step_of
@@ -92,36 +93,29 @@ def validation_curve(store: CheckpointStore, tokens: TokenSet, out: Path, direct
     return curve
 
 
+@entry_point(user_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.formats.shards import ShardError
-    from pipeline.formats.text_tokenizer import TokenizerError
+    from pipeline.config import load_config
     from pipeline.training.settings import checkpoint_dir, read_train_section
+    from pipeline.training.validate import held_out_arguments
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--data", required=True, help="held-out token set")
     ap.add_argument("--out", required=True, help="the curve's JSON (read first: only new checkpoints are measured)")
-    ap.add_argument("--direction", default="down-right-forward")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    held_out_arguments(ap, batch_size=16)
     ap.add_argument("--prune", action="store_true", help="afterwards keep only the newest checkpoint")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config)
-        store = CheckpointStore(checkpoint_dir(cfg, read_train_section(cfg)))
-        curve = validation_curve(store, TokenSet(cfg.resolve(args.data)), cfg.resolve(args.out), args.direction,
-                                 args.batch_size, cfg.seed, torch.device(args.device))
-        if not curve["points"]:
-            raise CheckpointError(f"{store.folder}: no checkpoint saved at the end of an epoch")
-        if args.prune:
-            CheckpointStore(store.folder, keep_last=1).prune()
-    except (ConfigError, CheckpointError, ShardError, TokenizerError, ValueError) as e:
-        log.error("%s", e)
-        return 1
+    cfg = load_config(args.config)
+    store = CheckpointStore(checkpoint_dir(cfg, read_train_section(cfg)))
+    curve = validation_curve(store, TokenSet(cfg.resolve(args.data)), cfg.resolve(args.out), args.direction,
+                             args.batch_size, cfg.seed, torch.device(args.device))
+    if not curve["points"]:
+        raise CheckpointError(f"{store.folder}: no checkpoint saved at the end of an epoch")
+    if args.prune:
+        CheckpointStore(store.folder, keep_last=1).prune()
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

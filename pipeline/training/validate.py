@@ -122,6 +122,13 @@ def held_out_set(run: RunConfig, cfg, folder: Path | None = None) -> TokenSet | 
     return holdout_windows(CanvasSet(folder), size, cfg.patch)
 
 
+def held_out_arguments(ap: argparse.ArgumentParser, batch_size: int) -> None:
+    """The options of a teacher-forced held-out pass (here and in pipeline.training.curve)."""
+    ap.add_argument("--direction", default="down-right-forward")
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 @entry_point(user_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     from pipeline import atomic
@@ -132,10 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--export", default=None, help="export folder (default run_dir/train/export)")
     ap.add_argument("--data", default=None, help="token set or canvas set (default: the run's held-out data)")
-    ap.add_argument("--direction", default="down-right-forward")
-    ap.add_argument("--batch-size", type=int, default=8)
+    held_out_arguments(ap, batch_size=8)
     ap.add_argument("--max-items", type=int, default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="write the result JSON here too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
