@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config
+from pipeline.curation import detectors
 from pipeline.curation import object_filter as of
 from pipeline.formats.manifest import CLIP_COLUMNS, read_rows, write_rows
 from pipeline.formats.video_io import write_mp4
@@ -93,7 +94,7 @@ def test_tiny_maskrcnn_loads_from_state_dict_and_detects(weights):
 
     cfg = of.FilterConfig(weights=str(weights), **SETTINGS)
     det = of.build_detector(cfg, weights, Path)
-    assert isinstance(det, of.TorchvisionMaskRCNN) and of.build_detector(cfg, weights, Path) is det
+    assert isinstance(det, detectors.TorchvisionMaskRCNN) and of.build_detector(cfg, weights, Path) is det
     frames = list(moving_frames(2, 64, 64))
     out = det.detect(frames)
     assert len(out) == 2 and all(0 < len(d) <= 3 for d in out)
@@ -101,7 +102,8 @@ def test_tiny_maskrcnn_loads_from_state_dict_and_detects(weights):
     assert all(0 <= s <= 1 and lab in coco and 0 <= a <= 1 for d in out for s, lab, a in d)
     assert out == det.detect(frames)  # deterministic
     with pytest.raises(ConfigError, match="does not fit") as info:  # v1 weights in the v2 architecture
-        of.TorchvisionMaskRCNN("maskrcnn_resnet50_fpn_v2", weights, torch.device("cpu"), min_size=32, max_size=32)
+        detectors.TorchvisionMaskRCNN("maskrcnn_resnet50_fpn_v2", weights, torch.device("cpu"), min_size=32,
+                                      max_size=32)
     assert weights.name in str(info.value)
 
 
@@ -111,13 +113,13 @@ def test_weights_files_that_are_not_state_dicts(tmp_path):
 
     (tmp_path / "text.pth").write_text("not weights")
     with pytest.raises(ConfigError, match="weights_only"):
-        of.load_state_dict(tmp_path / "text.pth")
+        detectors.load_state_dict(tmp_path / "text.pth")
     with open(tmp_path / "obj.pkl", "wb") as f:
         pickle.dump({"model": {"w": np.zeros(3)}, "__author__": "someone"}, f)
     with pytest.raises(ConfigError, match="obj.pkl"):
-        of.load_state_dict(tmp_path / "obj.pkl")
+        detectors.load_state_dict(tmp_path / "obj.pkl")
     with pytest.raises(ConfigError, match="not found"):
-        of.load_state_dict(tmp_path / "absent.pth")
+        detectors.load_state_dict(tmp_path / "absent.pth")
 
 
 # ------------------------------------------------------------------------------ the stage

@@ -9,5 +9,5 @@ Entry points: `ingest_images` (stage 10), `single_image` (12: one large image, o
 set; writes data/single_image/: the pixels as .npy and manifest.parquet with training and held-out boxes),
 `ingest_videos` (15), `object_filter` (20), `caption` (30, ending with `split`). `chunked` is the
 protocol they share: work in chunks per rank, a chunk done only when its marker exists, a final merge;
-`image_checks`, `image_sources` and `download` serve ingest.
+`image_checks`, `image_sources` and `download` serve ingest; `detectors` loads the object filter's Mask R-CNN.
 """
