@@ -43,3 +43,23 @@ def rank_info() -> RankInfo:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"inconsistent launcher environment: RANK={rank} WORLD_SIZE={world}")
     return RankInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def pick_device(spec: str, local_rank: int = 0, key: str = "device"):
+    """The torch device a stage's `device` setting names, for the process of `local_rank`.
+
+    "auto": this rank's GPU (LOCAL_RANK modulo the GPUs) when CUDA is available, else the CPU. A plain
+    "cuda" is also this rank's GPU; "cuda:N" and "cpu" are taken as given. A CUDA device without CUDA is a
+    ConfigError naming the setting (`key`, e.g. "sample.device")."""
+    import torch
+
+    from pipeline.config import ConfigError
+
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} is {spec!r} but no CUDA device is available")
+    return device if device.index is not None else torch.device("cuda", local_rank % torch.cuda.device_count())

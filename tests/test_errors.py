@@ -75,3 +75,17 @@ def test_a_stop_under_a_launcher_exits_0_and_reports_75_through_the_status_file(
     monkeypatch.setenv("LOCAL_RANK", "1")  # one writer per node
     status.unlink()
     assert errors.exit_status(errors.EXIT_OK, launched=True) == 0 and not status.exists()
+
+
+def test_every_stage_picks_its_device_the_same_way():
+    from pipeline.ranks import pick_device
+
+    assert pick_device("cpu", 3) == torch.device("cpu")
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        assert pick_device("auto", 3) == pick_device("cuda", 3) == torch.device("cuda", 3 % n)
+        assert pick_device("cuda:0", 3) == torch.device("cuda", 0)
+    else:
+        assert pick_device("auto", 3) == torch.device("cpu")
+        with pytest.raises(ConfigError, match=r"^sample.device is 'cuda:1' but no CUDA device is available$"):
+            pick_device("cuda:1", 0, "sample.device")

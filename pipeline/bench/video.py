@@ -71,7 +71,8 @@ def bench_detector(args) -> dict:
     import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    from pipeline.curation.detectors import load_state_dict, pick_device
+    from pipeline.curation.detectors import load_state_dict
+    from pipeline.ranks import pick_device
 
     device = pick_device(args.device)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,

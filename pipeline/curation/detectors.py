@@ -18,16 +18,6 @@ from pipeline.config import ConfigError
 Detection = tuple[float, str, float]  # (score, class name, mask area as a fraction of the frame)
 
 
-def pick_device(spec: str, local_rank: int = 0):
-    import torch
-
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-        return torch.device("cpu")
-    return torch.device(spec)
-
-
 def load_state_dict(path: Path) -> dict:
     """A tensor state dict from a .pth file, read without full pickle; errors name the file."""
     import torch

@@ -52,11 +52,11 @@ from pipeline import atomic
 from pipeline.config import ConfigError, load_config, to_dict
 from pipeline.curation import chunked, split
 from pipeline.curation.chunked import fingerprint
-from pipeline.curation.detectors import Detection, Detectron2MaskRCNN, TorchvisionMaskRCNN, pick_device
+from pipeline.curation.detectors import Detection, Detectron2MaskRCNN, TorchvisionMaskRCNN
 from pipeline.errors import entry_point
 from pipeline.formats.manifest import CLIP_COLUMNS, read_rows, write_rows
 from pipeline.formats.video_io import VideoError, read_frames_at
-from pipeline.ranks import RankInfo, rank_info
+from pipeline.ranks import RankInfo, pick_device, rank_info
 
 log = logging.getLogger("object_filter")
 
@@ -196,7 +196,7 @@ _LAST_DETECTOR: dict[tuple, object] = {}  # the most recently built detector, by
 def build_detector(cfg: FilterConfig, weights: Path, resolve, local_rank: int = 0):
     """The configured detector; a second call with the same settings and weights file reuses it."""
     st = weights.stat()
-    key = (str(weights), st.st_size, st.st_mtime_ns, str(pick_device(cfg.device, local_rank)),
+    key = (str(weights), st.st_size, st.st_mtime_ns, str(pick_device(cfg.device, local_rank, "filter.device")),
            json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_DETECTOR}, sort_keys=True))
     if key not in _LAST_DETECTOR:
         detector = _build_detector(cfg, weights, resolve, local_rank)
@@ -215,7 +215,7 @@ def _build_detector(cfg: FilterConfig, weights: Path, resolve, local_rank: int =
                 raise ConfigError("filter.backend is detectron2 but detectron2 is not installed") from None
             use_d2 = False
             log.info("detectron2 is not installed; using torchvision's %s", cfg.architecture)
-    device = pick_device(cfg.device, local_rank)
+    device = pick_device(cfg.device, local_rank, "filter.device")
     if use_d2:
         if not cfg.detectron2_config:
             raise ConfigError("filter.backend detectron2 needs filter.detectron2_config (its model YAML)")

@@ -86,7 +86,7 @@ from pipeline.evaluation.metrics.media import (
     read_prompt,
     with_region,
 )
-from pipeline.ranks import rank_info
+from pipeline.ranks import pick_device, rank_info
 
 log = logging.getLogger("pipeline.evaluation.evaluate")
 
@@ -413,15 +413,6 @@ METRICS: dict[str, Callable[[EvalContext], dict]] = {
 
 
 # -- the stage --------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"evaluate.device is {name!r} but CUDA is not available")
-    return device
-
-
 def _validate(run_cfg: RunConfig, cfg: EvaluateConfig) -> None:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
@@ -451,7 +442,7 @@ def evaluate(run_cfg: RunConfig, cfg: EvaluateConfig | None = None, out: Path | 
     _validate(run_cfg, cfg)
     eval_dir = run_cfg.run_dir / "eval"
     atomic.remove_stale_temporaries(eval_dir / "cache")
-    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=pick_device(cfg.device),
+    ctx = EvalContext(run_cfg=run_cfg, cfg=cfg, device=pick_device(cfg.device, key="evaluate.device"),
                       generated_dir=run_cfg.resolve(cfg.generated) if cfg.generated else run_cfg.run_dir / "samples",
                       cache_dir=eval_dir / "cache")
     log.info("evaluating %s on %s: %s", ctx.generated_dir, ctx.device, ", ".join(cfg.metrics))

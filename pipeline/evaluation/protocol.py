@@ -387,7 +387,7 @@ def bits_per_token(cfg: RunConfig, spec: dict, device, cache: dict) -> dict:
 
 def run_table(cfg: RunConfig, name: str) -> dict | None:
     """Sample (this rank's share), then on rank 0: wait, evaluate, write the table. Returns its JSON on rank 0."""
-    from pipeline.evaluation.evaluate import pick_device
+    from pipeline.ranks import pick_device
 
     p = cfg.section("protocol", ProtocolSection)
     if getattr(p, name) is None:
@@ -426,7 +426,7 @@ def run_table(cfg: RunConfig, name: str) -> dict | None:
                 ours[row.method]["values"][column] = result["metrics"][metric]["value"]
             else:
                 ours[row.method]["skipped"][column] = result["skipped"][metric]
-    device, cache = pick_device(ev.device), {}
+    device, cache = pick_device(ev.device, key="evaluate.device"), {}
     bits = [{**b, "result": bits_per_token(cfg, b, device, cache)} for b in plan.bits]
     speeds = {j.name: speed(samples / j.name) for j in plan.jobs}
     extra = _extra_markdown(bits, speeds)

@@ -18,7 +18,7 @@ from model.directions import Direction, Grid
 from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig
 from pipeline.formats.vqgan_io import load_vqgan
-from pipeline.ranks import rank_info
+from pipeline.ranks import pick_device, rank_info
 from pipeline.sampling.generate import CodeFileWriter, GivenCodes, MemoryLedger, Tee, generate, slab_axis
 from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, write_png
 
@@ -31,7 +31,7 @@ class Sampler:
         from pipeline.formats.renderer_io import WEIGHTS, export_dir, load_renderer
 
         self.cfg, self.sec = cfg, sec
-        self.device = pick_device(sec.device, cfg)
+        self.device = pick_device(sec.device, rank_info().local_rank, f"{cfg.path}: sample.device")
         export = export or sec.export_dir
         folder = cfg.resolve(export) if export else export_dir(cfg)
         self.renderer, self.tokenizer = load_renderer(folder, self.device)
@@ -91,16 +91,6 @@ class Sampler:
             for canvas, stem in zip(canvases.arrays, stems):
                 write_png(beside(stem, ".png"), canvas)
         return {**stats.to_dict(), "decode": {"chunk": chunk, "margin": margin}}
-
-
-def pick_device(kind: str, cfg: RunConfig) -> torch.device:
-    if kind == "auto":
-        return torch.device(f"cuda:{rank_info().local_rank % torch.cuda.device_count()}"
-                            if torch.cuda.is_available() else "cpu")
-    dev = torch.device(kind)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{cfg.path}: sample.device is {kind!r} but no CUDA device is available")
-    return dev
 
 
 def beside(stem: Path, ext: str) -> Path:

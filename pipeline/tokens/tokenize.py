@@ -46,7 +46,7 @@ from pipeline import atomic
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.errors import entry_point
 from pipeline.formats import manifest, shards, vqgan_io
-from pipeline.ranks import RankInfo, rank_info
+from pipeline.ranks import RankInfo, pick_device, rank_info
 
 log = logging.getLogger("tokenize")
 
@@ -309,15 +309,6 @@ def _single_image_manifest(cfg: RunConfig, sec: TokenizeSection) -> Path | None:
     return path if path.is_file() else None
 
 
-def pick_device(kind: str, local_rank: int) -> torch.device:
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("tokenize.device is 'cuda' but no CUDA device is available")
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -343,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("tokenize: merged %s (%d items)", job.folder, n)
         return 0
 
-    device = pick_device(sec.device, ranks.local_rank)
+    device = pick_device(sec.device, ranks.local_rank, "tokenize.device")
+    if device.type == "cuda":  # the same codes on every run
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     model, sha, _ = vqgan_io.load_vqgan(cfg, device)
     t0 = time.monotonic()
     summary = []

@@ -41,7 +41,7 @@ from pipeline import atomic
 from pipeline.config import ConfigError, load_config
 from pipeline.errors import entry_point
 from pipeline.formats import manifest, vqgan_io
-from pipeline.ranks import rank_info
+from pipeline.ranks import pick_device, rank_info
 from pipeline.tokens.vqgan_losses import (
     LPIPS,
     PatchDiscriminator,
@@ -157,14 +157,6 @@ def training_rows(path: Path, splits: tuple[str, ...]) -> list[dict]:
     return keep
 
 
-def pick_device(kind: str, local_rank: int) -> torch.device:
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train_vqgan.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("step-*.pt"))
 
@@ -211,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks = rank_info()
     if not ranks.is_main:  # one rank tells the story; the others speak up only for problems
         logging.getLogger().setLevel(logging.WARNING)
-    device = pick_device(sec.device, ranks.local_rank)
+    device = pick_device(sec.device, ranks.local_rank, "train_vqgan.device")
     if ranks.world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
