@@ -24,20 +24,16 @@ from model.config import SamplingConfig
 from model.directions import Grid
 from model.patches import patch_grid
 from pipeline import atomic
+from pipeline.bench.timing import sync
 from pipeline.formats.renderer_io import CONFIG, load_renderer
 from pipeline.sampling.generate import CodeCollector, generate
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def image_seconds(model, grid: Grid, args, device, seed: int) -> float:
     start = time.perf_counter()
     generate(model, grid, args.direction, CodeCollector(), batch=args.batch, sampling=SamplingConfig(),
              generator=torch.Generator(device=device).manual_seed(seed))
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 

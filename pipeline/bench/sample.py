@@ -41,17 +41,13 @@ from model.pool import ContextPool
 from model.renderer import Renderer
 from model.vqgan import VQGAN
 from model.vqgan import preset as vq_preset
+from pipeline.bench.timing import sync
 from pipeline.sampling.generate import CodeCollector, MemoryLedger, generate, slab_axis
 from pipeline.sampling.stream_decode import Canvases, ImageStreamDecoder, write_png
 
 # Every part of the bench walks the grid in one order: the cache bench primes the pool in it and
 # renders in it, so the two must not drift apart.
 ORDER = "down-right"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -101,7 +97,7 @@ def render_seconds(model: Renderer, ctx, batch: int, device, **render_kwargs) ->
     start = time.perf_counter()
     model.render(ctx, batch=batch, generator=torch.Generator(device=device).manual_seed(0), direction=ORDER,
                  **render_kwargs)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -195,7 +191,7 @@ def stream_image(model, vq, grid: Grid, direction: str, folder: Path, device, le
         stats = generate(model, grid, d, dec, sampling=sampling, ledger=ledger,
                          generator=torch.Generator(device=device).manual_seed(0))
         dec.finish()
-        _sync(device)
+        sync(device)
         generated = time.perf_counter()
         if png:
             write_png(folder / "bench.png", canvases.arrays[0])

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.bench.timing import sync
 from pipeline.config import deep_merge
 
 DS_BASE = {"zero_optimization": {"stage": 2, "contiguous_gradients": True, "overlap_comm": False},
@@ -120,19 +121,14 @@ def _batches(cfg, device, micro: int, grid, n: int, seed: int):
     return out
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_batch(engine, micro, grid, direction, cfg, device, clock=None, cpu_seconds: list | None = None):
     """Wall seconds of one batch (and, appended to `cpu_seconds`, the process's CPU seconds)."""
     from pipeline.training.loop import train_batch
 
-    _sync(device)
+    sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     res = train_batch(engine, micro, grid, direction, cfg, clock=clock)
-    _sync(device)
+    sync(device)
     if cpu_seconds is not None:
         cpu_seconds.append(time.process_time() - c0)
     return time.perf_counter() - t0, res
@@ -155,12 +151,12 @@ class _Parts:
         original = getattr(obj, name)
 
         def timed(*args, **kwargs):
-            _sync(self.device)
+            sync(self.device)
             t0 = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                _sync(self.device)
+                sync(self.device)
                 self.seconds[label] += time.perf_counter() - t0
 
         setattr(obj, name, timed)

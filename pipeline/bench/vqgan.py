@@ -21,20 +21,16 @@ import time
 import torch
 
 from model.vqgan import VQGAN, preset
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from pipeline.bench.timing import sync
 
 
 def _timed(fn, device: torch.device, iters: int) -> tuple[float, object]:
     out = fn()  # warm-up (kernel selection, allocator growth)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         out = fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / iters, out
 
 

@@ -67,7 +67,7 @@ from pipeline.errors import entry_point
 from pipeline.evaluation import paper_tables
 from pipeline.evaluation.evaluate import EvaluateConfig, evaluate
 from pipeline.formats.manifest import CLIP_COLUMNS, IMAGE_MANIFEST, ManifestError, read_rows, write_rows
-from pipeline.ranks import rank_info
+from pipeline.ranks import pick_device, rank_info
 from pipeline.sampling.sample import JobConfig, SampleSection, check_jobs, regrow_boxes, run_jobs
 
 log = logging.getLogger("protocol")
@@ -387,8 +387,6 @@ def bits_per_token(cfg: RunConfig, spec: dict, device, cache: dict) -> dict:
 
 def run_table(cfg: RunConfig, name: str) -> dict | None:
     """Sample (this rank's share), then on rank 0: wait, evaluate, write the table. Returns its JSON on rank 0."""
-    from pipeline.ranks import pick_device
-
     p = cfg.section("protocol", ProtocolSection)
     if getattr(p, name) is None:
         raise ConfigError(f"{cfg.path}: protocol.{name} is not configured (configured: "
