@@ -343,18 +343,13 @@ def _run_extend_set(s: Sampler, job, where, common, sampling, seed, out_dir, sum
                      "input": _row_record(job, i, r), "side": job.side, "amount": job.amount, "size": [side, side],
                      "given_box": given_box, "generated_box": generated_box,
                      "batch": {"size": len(group), "row": b}} for b, ((i, r), p) in enumerate(zip(group, prompts))]
-        if not _mine(summary):
-            continue
-        if all(_done(beside(stem, ".json"), st) for stem, st in zip(stems, settings)):
-            summary["skipped"] += len(group)
-            continue
-        started = time.perf_counter()
-        codes = torch.cat([encode_frame(s.vqgan, row_picture(manifest, r)[y0:y1, x0:x1], s.renderer.cfg.patch,
-                                        where=f"{where} row {r['id']}") for _, r in group])
-        stats = s.image(grid, direction, stems, prompts, sampling, seed + start, where, GivenCodes(codes, origin))
-        for stem, st in zip(stems, settings):
-            _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
-            summary["written"].append(str(beside(stem, ".png")))
+
+        def make(group=group, stems=stems, prompts=prompts, start=start) -> dict:
+            codes = torch.cat([encode_frame(s.vqgan, row_picture(manifest, r)[y0:y1, x0:x1], s.renderer.cfg.patch,
+                                            where=f"{where} row {r['id']}") for _, r in group])
+            return s.image(grid, direction, stems, prompts, sampling, seed + start, where, GivenCodes(codes, origin))
+
+        _emit_group([beside(stem, ".png") for stem in stems], settings, summary, make)
 
 
 def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary) -> None:
@@ -382,17 +377,12 @@ def _run_images(s: Sampler, job, where, common, sampling, seed, out_dir, summary
         settings = [{**common, "prompt": p or "", "seed": group_seed, "direction": direction.name, "size": size,
                      "patches": list(grid.size), "batch": {"size": len(group), "row": r}}
                     for r, (p, _, _) in enumerate(group)]
-        if not _mine(summary):
-            continue
-        if all(_done(beside(stem, ".json"), st) for (_, _, stem), st in zip(group, settings)):
-            summary["skipped"] += len(group)
-            continue
-        started = time.perf_counter()
-        stats = s.image(grid, direction, [stem for _, _, stem in group], [p for p, _, _ in group], sampling,
-                        group_seed, where)
-        for (_, _, stem), st in zip(group, settings):
-            _write_sidecar(beside(stem, ".json"), st, stats, time.perf_counter() - started)
-            summary["written"].append(str(beside(stem, ".png")))
+
+        def make(group=group, group_seed=group_seed) -> dict:
+            return s.image(grid, direction, [stem for _, _, stem in group], [p for p, _, _ in group], sampling,
+                           group_seed, where)
+
+        _emit_group([beside(stem, ".png") for _, _, stem in group], settings, summary, make)
 
 
 def _bar(s: Sampler, job: JobConfig, units, per_unit: int):
@@ -413,16 +403,23 @@ def _mine(summary: dict) -> bool:
 
 def _emit(output: Path, settings: dict, summary: dict, make) -> None:
     """Make one output unless its JSON already records the same settings; then write the JSON."""
+    _emit_group([output], [settings], summary, make)
+
+
+def _emit_group(outputs: list[Path], settings: list[dict], summary: dict, make) -> None:
+    """One unit of work: make the outputs of one batch together (`make` returns their shared statistics)
+    unless every one's JSON already records its settings; then write each JSON."""
     if not _mine(summary):
         return
-    sidecar = output.with_suffix(".json")
-    if _done(sidecar, settings):
-        summary["skipped"] += 1
+    sidecars = [output.with_suffix(".json") for output in outputs]
+    if all(_done(sidecar, st) for sidecar, st in zip(sidecars, settings)):
+        summary["skipped"] += len(outputs)
         return
     started = time.perf_counter()
     stats = make()
-    _write_sidecar(sidecar, settings, stats, time.perf_counter() - started)
-    summary["written"].append(str(output))
+    for output, sidecar, st in zip(outputs, sidecars, settings):
+        _write_sidecar(sidecar, st, stats, time.perf_counter() - started)
+        summary["written"].append(str(output))
 
 
 def _write_sidecar(path: Path, settings: dict, stats: dict, seconds: float) -> None:
