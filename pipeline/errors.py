@@ -17,8 +17,9 @@ The pieces, used everywhere instead of a try/except per stage:
 - `writing(path)`: around code that writes `path`; turns a failure into a `WriteError` whose message
   says why, also where the writer gives no errno (torch.save reports a full disk as "unexpected pos
   576 vs 534", numpy as "100000 requested and 8176 written"): then the folder is looked at
-  (`os.statvfs`) for a read-only file system or a full disk. `pipeline.atomic.atomic_path` uses it,
-  so every atomic output has it.
+  (`os.statvfs`) for a read-only file system or a full disk, and a short write on a disk that has
+  room again (a peer rank removed its part of the same checkpoint first) still reads as a full disk.
+  `pipeline.atomic.atomic_path` uses it, so every atomic output has it.
 - `entry_point`: the decorator on each stage's `main`; turns the errors above, and plain OSError
   with an errno, into the one line (`pipeline.tokens.tokenize: error: no space left on device: PATH
   (0 bytes free there)`) on stderr and exit status 1. Started as a program (`python -m`), it also
@@ -32,6 +33,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,11 +119,25 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> WriteError | Non
             return None
     elif isinstance(exc, (OSError, RuntimeError)):
         code = disk_cause(path)  # torch and numpy report a full disk without an errno
+        if code is None and _short_write(exc):
+            # The file system took fewer bytes than asked and is not full now: another writer on it (a
+            # peer rank cleaning up its part of the same checkpoint) freed space between the failure
+            # and this look. A short write to a regular file means a full disk or quota.
+            return WriteError(f"no space left on device: {path} (a write came up short; {free_space(path)} "
+                              f"free there now, so a full disk that has since been freed, or a quota)",
+                              errno.ENOSPC, path)
         if code is None and not isinstance(exc, OSError) and not _looks_like_io(exc):
             return None  # a RuntimeError of the computation, not of the write
     else:
         return None
     return WriteError(write_message(path, code, str(exc)), code, path)
+
+
+def _short_write(exc: BaseException) -> bool:
+    """torch's and numpy's words for a write that stored fewer bytes than it was given."""
+    text = str(exc)
+    return "unexpected pos" in text or "file write failed" in text or re.search(r"\d+ requested and \d+ written",
+                                                                                 text) is not None
 
 
 def _looks_like_io(exc: BaseException) -> bool:

@@ -13,13 +13,13 @@ def test_phase_clock_charges_each_phase_its_own_time():
     t0 = time.perf_counter()
     clock.start()
     for _ in range(2):
-        time.sleep(0.02)
+        time.sleep(0.06)  # far apart: late wake-ups on a loaded machine must not swap them
         clock.mark("forward")
         time.sleep(0.01)
         clock.mark("step")
     elapsed = time.perf_counter() - t0
     assert set(clock.phases) == {"forward", "step"}
-    assert clock.phases["forward"] >= 0.04 and clock.phases["step"] >= 0.02
+    assert clock.phases["forward"] >= 0.12 and clock.phases["step"] >= 0.02
     assert clock.phases["forward"] > clock.phases["step"]
     assert sum(clock.phases.values()) <= elapsed
 
