@@ -160,11 +160,12 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, r
     if ranks == 1:
         one_error(done, *expected)
     else:  # a rank that hit the full disk says so, one that got there second that its peer ended (which one
-        # is first varies); torchrun adds its own report after them
+        # is first varies; torchrun may also end the second before it speaks); torchrun adds its own report
         out = done.stdout + done.stderr
         assert done.returncode == 1, out[-4000:]
         lines = [line for line in out.splitlines() if "pipeline.training.train: error: " in line]
-        assert len(lines) == 2 and "[rank1]: Traceback" not in out and "[rank0]: Traceback" not in out, out[-4000:]
+        assert "[rank1]: Traceback" not in out and "[rank0]: Traceback" not in out, out[-6000:]
+        assert 1 <= len(lines) <= 2, (lines, out[-6000:])
         full = [line for line in lines if all(t in line for t in expected)]
         assert full and all(line in full or "another rank ended" in line for line in lines), lines
     left = tmp_path / "left" / "0"
