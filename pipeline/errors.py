@@ -122,7 +122,7 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> WriteError | Non
         if code is None and _short_write(exc):
             # The file system took fewer bytes than asked and is not full now: another writer on it (a
             # peer rank cleaning up its part of the same checkpoint) freed space between the failure
-            # and this look. A short write to a regular file means a full disk or quota.
+            # and this look. A short write to a regular file means a full disk or quota (rarely an I/O error).
             return WriteError(f"no space left on device: {path} (a write came up short; {free_space(path)} "
                               f"free there now, so a full disk that has since been freed, or a quota)",
                               errno.ENOSPC, path)

@@ -27,7 +27,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
     and a re-run), hence two settings:
     - one encoder thread; stages get their parallelism from processes;
     - no macroblock-tree rate control (`mbtree=0`). With it, x264 gave different bytes for the same
-      frames once the process had decoded other videos, as a curation worker does: 1 to 10 encodes
+      frames once the process had decoded other videos, as a curation worker does: 1 to 17 encodes
       in 150 varied at 32, 48, 80, 112 and 160 pixels square (none at 64, 96, 128, 256 in 120 each),
       pixels off by up to 20 levels, as if it read memory left over from earlier work. Without it,
       300 encodes of 32x32 and 200 of 48x48 agreed (tests/test_video_io.py repeats the check). The
