@@ -141,9 +141,10 @@ def _short_write(exc: BaseException) -> bool:
 
 
 def _looks_like_io(exc: BaseException) -> bool:
+    """torch's words for a failed write of any kind (a short write among them)."""
     text = str(exc)
-    return any(s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed",
-                                   "iostream error", "open file failed"))
+    return _short_write(exc) or any(s in text for s in ("inline_container", "PytorchStreamWriter", "iostream error",
+                                                        "open file failed"))
 
 
 @contextlib.contextmanager
